@@ -1,0 +1,48 @@
+"""``videofetchd``: the daemon's command line. The only place its exceptions become exit codes."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import faulthandler
+import logging
+import sys
+
+from . import __version__
+from . import config as config_mod
+from .errors import EXIT_OK, VideofetchdError
+from .logs import setup_logging
+
+log = logging.getLogger("videofetchd")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="videofetchd", description="Keep a video library complete: "
+                                "download what the database queue lacks with supervised yt-dlp workers.")
+    p.add_argument("--config", metavar="PATH",
+                   help=f"YAML config (default {config_mod.DEFAULT_CONFIG_PATH}, or ${config_mod.CONFIG_ENV})")
+    p.add_argument("--check-config", action="store_true", help="validate the config and exit (0 valid, 78 invalid)")
+    p.add_argument("-v", "--verbose", action="store_true", help="debug logging and tracebacks")
+    p.add_argument("--version", action="version", version=f"videofetchd {__version__}")
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    faulthandler.enable()  # a watchdog SIGABRT then dumps every thread's stack to the journal
+    try:
+        cfg = config_mod.load(args.config)
+        if args.check_config:
+            print(f"{cfg.path}: configuration is valid")
+            return EXIT_OK
+        setup_logging(cfg.logging.level, verbose=args.verbose)
+        from .daemon import Daemon  # imported late: --check-config must not need the database driver
+        return asyncio.run(Daemon(cfg).run())
+    except VideofetchdError as exc:
+        log.debug("details", exc_info=exc)
+        print(f"videofetchd: {exc}", file=sys.stderr)
+        return exc.exit_code
+
+
+if __name__ == "__main__":
+    sys.exit(main())

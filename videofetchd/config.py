@@ -1,0 +1,291 @@
+"""Configuration: a tree of frozen dataclasses loaded from YAML by one generic loader.
+
+Each field's default plus its ``metadata`` (unit, range) is the single declaration of a setting.
+The loader rejects unknown keys (with a "did you mean"), wrong types and out-of-range values,
+naming the file and the key path. Frozen dataclasses pickle cleanly into worker processes and
+cannot be changed under a running job, which is what makes SIGHUP reload safe.
+This module must not import the database, yt-dlp or anything that does I/O beyond reading the file.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import os
+import re
+import socket
+import types
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Union, get_args, get_origin, get_type_hints
+
+import yaml
+
+from .errors import ConfigError
+
+DEFAULT_CONFIG_PATH = "/etc/videofetchd/videofetchd.yaml"
+CONFIG_ENV = "VIDEOFETCHD_CONFIG"
+
+_DURATION_UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
+_SIZE_UNITS = {"": 1, "b": 1, "k": 1000, "kb": 1000, "kib": 1024, "m": 1000**2, "mb": 1000**2,
+               "mib": 1024**2, "g": 1000**3, "gb": 1000**3, "gib": 1024**3}
+_LOG_LEVELS = ("debug", "info", "warning", "error")
+
+
+def _duration(default: float, *, minimum: float = 0.0, **meta: Any) -> Any:
+    return field(default=default, metadata={"kind": "duration", "min": minimum, **meta})
+
+
+def _int(default: int, *, minimum: int | None = None, maximum: int | None = None) -> Any:
+    return field(default=default, metadata={"min": minimum, "max": maximum})
+
+
+@dataclass(frozen=True)
+class DatabaseConfig:
+    url: str = "sqlite:////var/lib/videofetchd/videofetchd.db"
+    poll_interval: float = _duration(5.0, minimum=0.05)  # seconds between queue polls
+    lease_duration: float = _duration(90.0, minimum=2.0)  # seconds a claim is valid without renewal
+    node_name: str = ""  # identifies this daemon in lease_owner; empty = "<hostname>:<pid>"
+
+
+@dataclass(frozen=True)
+class DownloadConfig:
+    directory: str = "/var/lib/videofetchd/videos"
+    url_template: str = "https://www.youtube.com/watch?v={id}"
+    output_template: str = "%(title)s [%(id)s].%(ext)s"
+    workers: int = _int(4, minimum=1, maximum=256)
+    stall_timeout: float = _duration(120.0, minimum=0.5)  # no progress this long -> kill, retry
+    postprocess_timeout: float = _duration(1800.0, minimum=0.5)  # same, while ffmpeg post-processes
+    job_timeout: float = _duration(6 * 3600.0, minimum=1.0)  # hard ceiling for one job
+    kill_grace: float = _duration(5.0)  # SIGTERM -> SIGKILL delay for a stopped child
+    drain_timeout: float = _duration(60.0)  # on SIGTERM, how long running jobs may finish
+    max_attempts: int = _int(5, minimum=1)
+    retry_backoff: float = _duration(30.0)  # first retry delay; doubles per attempt, with jitter
+    retry_backoff_max: float = _duration(6 * 3600.0)  # cap of the retry delay
+    throttle_cooldown: float = _duration(900.0)  # first site-wide pause after HTTP 429 / bot check
+    socket_timeout: float = _duration(20.0, minimum=0.5)  # yt-dlp socket timeout
+    recycle_after_jobs: int = _int(500, minimum=1)  # a child is replaced after this many jobs
+    recycle_rss: int = field(default=512 * 1024**2, metadata={"kind": "size", "min": 16 * 1024**2})
+    crash_limit: int = _int(5, minimum=1)  # child deaths within crash_window that pause claiming
+    crash_window: float = _duration(60.0, minimum=1.0)
+    ytdlp: dict[str, Any] = field(default_factory=dict)  # extra YoutubeDL params, passed through
+
+
+@dataclass(frozen=True)
+class ScanConfig:
+    directories: tuple[str, ...] = ()
+    extensions: tuple[str, ...] = ("mp4", "mkv", "webm", "mov", "m4v", "avi", "flv", "mp3", "m4a",
+                                   "opus", "ogg", "wav", "flac", "ts", "3gp", "wmv", "mpg", "mpeg")
+    id_pattern: str = ""  # optional regex with a group named "id", tried after .info.json and [ID]
+    requeue_missing: bool = False  # re-queue rows whose file disappeared
+
+
+@dataclass(frozen=True)
+class ControlConfig:
+    socket: str = "/run/videofetchd/control.sock"
+    mode: str = "0660"
+
+
+@dataclass(frozen=True)
+class LoggingConfig:
+    level: str = "info"
+
+
+@dataclass(frozen=True)
+class Config:
+    database: DatabaseConfig = field(default_factory=DatabaseConfig)
+    download: DownloadConfig = field(default_factory=DownloadConfig)
+    scan: ScanConfig = field(default_factory=ScanConfig)
+    control: ControlConfig = field(default_factory=ControlConfig)
+    logging: LoggingConfig = field(default_factory=LoggingConfig)
+    path: str = field(default="", metadata={"internal": True})  # the file it came from
+
+    def node_name(self) -> str:
+        return self.database.node_name or f"{socket.gethostname()}:{os.getpid()}"
+
+
+#: keys a reload cannot apply; they are reported as needing a restart
+RESTART_KEYS = ("database.url", "database.node_name", "control.socket", "control.mode")
+
+
+def parse_duration(value: Any) -> float:
+    """Seconds from a number or a string such as ``90s``, ``2m``, ``1h30m``, ``500ms``."""
+    if isinstance(value, bool):
+        raise ValueError("expected a duration such as 90s, 2m or 6h")
+    if isinstance(value, (int, float)):
+        return float(value)
+    text = str(value).strip().lower()
+    parts = re.findall(r"(\d+(?:\.\d+)?)\s*(ms|s|m|h|d)", text)
+    if not parts or re.sub(r"(\d+(?:\.\d+)?)\s*(ms|s|m|h|d)", "", text).strip():
+        if re.fullmatch(r"\d+(?:\.\d+)?", text):
+            return float(text)
+        raise ValueError("expected a duration such as 90s, 2m or 6h")
+    return sum(float(n) * _DURATION_UNITS[u] for n, u in parts)
+
+
+def parse_size(value: Any) -> int:
+    """Bytes from a number or a string such as ``512MiB``."""
+    if isinstance(value, bool):
+        raise ValueError("expected a size such as 512MiB")
+    if isinstance(value, int):
+        return value
+    m = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([a-zA-Z]*)\s*", str(value))
+    if not m or m.group(2).lower() not in _SIZE_UNITS:
+        raise ValueError("expected a size such as 512MiB")
+    return int(float(m.group(1)) * _SIZE_UNITS[m.group(2).lower()])
+
+
+class _Loader:
+    def __init__(self, source: str) -> None:
+        self.source = source
+
+    def error(self, path: str, problem: str) -> ConfigError:
+        return ConfigError(f"{self.source}: {path}: {problem}")
+
+    def build(self, cls: type, data: Any, path: str) -> Any:
+        if data is None:
+            data = {}
+        if not isinstance(data, dict):
+            raise self.error(path or "(top level)", f"expected a mapping, got {_show(data)}")
+        hints = get_type_hints(cls)
+        fields = {f.name: f for f in dataclasses.fields(cls) if not f.metadata.get("internal")}
+        for key in data:
+            if key not in fields:
+                near = difflib.get_close_matches(str(key), list(fields), n=1)
+                hint = f" (did you mean '{near[0]}'?)" if near else ""
+                known = ", ".join(fields)
+                raise self.error(_join(path, str(key)), f"unknown key{hint}; known keys: {known}")
+        values = {}
+        for name, f in fields.items():
+            if name in data:
+                values[name] = self.convert(hints[name], f, data[name], _join(path, name))
+        return cls(**values)
+
+    def convert(self, hint: Any, f: dataclasses.Field[Any], value: Any, path: str) -> Any:
+        kind = f.metadata.get("kind")
+        if dataclasses.is_dataclass(hint):
+            return self.build(hint, value, path)  # type: ignore[arg-type]
+        try:
+            if kind == "duration":
+                result: Any = parse_duration(value)
+            elif kind == "size":
+                result = parse_size(value)
+            else:
+                result = _coerce(hint, value)
+        except ValueError as exc:
+            raise self.error(path, f"{exc}, got {_show(value)}") from None
+        lo, hi = f.metadata.get("min"), f.metadata.get("max")
+        if (lo is not None and result < lo) or (hi is not None and result > hi):
+            bound = f">= {lo}" if hi is None else f"between {lo} and {hi}"
+            raise self.error(path, f"expected a value {bound}, got {_show(value)}")
+        return result
+
+
+def _coerce(hint: Any, value: Any) -> Any:
+    origin = get_origin(hint)
+    if origin in (Union, types.UnionType):
+        return _coerce(next(a for a in get_args(hint) if a is not type(None)), value)
+    if hint is bool:
+        if not isinstance(value, bool):
+            raise ValueError("expected true or false")
+        return value
+    if hint is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ValueError("expected an integer")
+        return value
+    if hint is float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise ValueError("expected a number")
+        return float(value)
+    if hint is str:
+        if not isinstance(value, (str, int)) or isinstance(value, bool):
+            raise ValueError("expected a string")
+        return str(value)
+    if origin is tuple:
+        if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+            raise ValueError("expected a list of strings")
+        return tuple(value)
+    if origin is dict:
+        if not isinstance(value, dict):
+            raise ValueError("expected a mapping")
+        return dict(value)
+    raise ValueError(f"unsupported type {hint}")  # a bug in a dataclass declaration
+
+
+def _join(path: str, key: str) -> str:
+    return f"{path}.{key}" if path else key
+
+
+def _show(value: Any) -> str:
+    text = repr(value)
+    return text if len(text) <= 60 else text[:57] + "..."
+
+
+def _validate(cfg: Config, loader: _Loader) -> None:
+    """Cross-field and format checks that a type alone cannot express."""
+    if cfg.logging.level.lower() not in _LOG_LEVELS:
+        raise loader.error("logging.level", f"expected one of {', '.join(_LOG_LEVELS)}, "
+                           f"got {cfg.logging.level!r}")
+    if not re.fullmatch(r"0?[0-7]{3}", cfg.control.mode):
+        raise loader.error("control.mode", f"expected an octal mode such as \"0660\", got {cfg.control.mode!r}")
+    url = cfg.database.url
+    if not (url.startswith("sqlite:///") or url.startswith(("postgresql://", "postgres://"))):
+        raise loader.error("database.url", "expected sqlite:///PATH or postgresql://user@host:port/db, "
+                           f"got {url!r}")
+    try:
+        sample = cfg.download.url_template.format(id="abc")
+    except (KeyError, IndexError, ValueError):
+        raise loader.error("download.url_template", "may only use the {id} placeholder") from None
+    if "{id}" not in cfg.download.url_template or not sample.startswith(("http://", "https://")):
+        raise loader.error("download.url_template", "expected an http(s) URL containing {id}")
+    if os.path.isabs(cfg.download.output_template) or ".." in Path(cfg.download.output_template).parts:
+        raise loader.error("download.output_template", "must be relative to download.directory")
+    if cfg.download.postprocess_timeout < cfg.download.stall_timeout:
+        raise loader.error("download.postprocess_timeout", "must be >= download.stall_timeout")
+    if cfg.scan.id_pattern:
+        try:
+            rx = re.compile(cfg.scan.id_pattern)
+        except re.error as exc:
+            raise loader.error("scan.id_pattern", f"invalid regular expression: {exc}") from None
+        if "id" not in rx.groupindex:
+            raise loader.error("scan.id_pattern", "needs a named group (?P<id>...)")
+
+
+def from_dict(data: Any, source: str = "<config>") -> Config:
+    loader = _Loader(source)
+    cfg: Config = loader.build(Config, data, "")
+    cfg = dataclasses.replace(cfg, path=source)
+    _validate(cfg, loader)
+    return cfg
+
+
+def default_path() -> str:
+    return os.environ.get(CONFIG_ENV) or DEFAULT_CONFIG_PATH
+
+
+def load(path: str | os.PathLike[str] | None = None, *, missing_ok: bool = False) -> Config:
+    """Read and validate a config file; ``missing_ok`` gives the defaults when it does not exist."""
+    path = str(path or default_path())
+    try:
+        text = Path(path).read_text(encoding="utf-8")
+    except FileNotFoundError:
+        if missing_ok:
+            return dataclasses.replace(Config(), path=path)
+        raise ConfigError(f"{path}: no such file") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"{path}: cannot read: {exc}") from None
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{path}: invalid YAML: {exc}") from None
+    return from_dict(data, path)
+
+
+def restart_required(old: Config, new: Config) -> list[str]:
+    """Keys that changed but cannot be applied by a reload."""
+    changed = []
+    for dotted in RESTART_KEYS:
+        section, key = dotted.split(".")
+        if getattr(getattr(old, section), key) != getattr(getattr(new, section), key):
+            changed.append(dotted)
+    return changed

@@ -1,0 +1,245 @@
+"""``videofetchctl``: talk to the daemon over its control socket, or to the queue directly.
+
+``status``/``reload``/``pause``/``resume`` speak the socket protocol only, so they start fast and
+need no database driver. Queue commands (``add``, ``list``, ``retry``, ``scan``, ``fetch``,
+archives) open the database named in the config themselves and work without a daemon; ``add``
+then nudges a running daemon so new rows start at once. The only place ctl errors become exit codes.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import json
+import logging
+import socket
+import sys
+from typing import Any, TextIO
+
+from . import __version__
+from . import config as config_mod
+from .display import format_status
+from .errors import (EXIT_FAILURE, EXIT_OK, EXIT_USAGE, ControlError, InvalidVideoId, NotRunning,
+                     VideofetchdError)
+from .protocol import ProtocolError, decode_reply, encode
+
+log = logging.getLogger("videofetchctl")
+SOCKET_TIMEOUT_S = 10.0
+
+
+def request(socket_path: str, message: dict[str, Any], timeout: float = SOCKET_TIMEOUT_S) -> dict[str, Any]:
+    """One request/reply on the control socket; NotRunning if nobody answers."""
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    sock.settimeout(timeout)
+    try:
+        try:
+            sock.connect(socket_path)
+        except FileNotFoundError:
+            raise NotRunning(f"videofetchd is not running (no socket at {socket_path})") from None
+        except ConnectionRefusedError:
+            raise NotRunning(f"videofetchd is not running (nobody listens on {socket_path})") from None
+        except PermissionError:
+            raise ControlError(f"permission denied on {socket_path} (are you in its group?)") from None
+        sock.sendall(encode(message))
+        data = b""
+        while not data.endswith(b"\n"):
+            chunk = sock.recv(65536)
+            if not chunk:
+                break
+            data += chunk
+    except socket.timeout:
+        raise ControlError(f"videofetchd did not answer within {timeout:.0f}s on {socket_path}") from None
+    finally:
+        sock.close()
+    if not data:
+        raise NotRunning(f"videofetchd closed the connection on {socket_path}")
+    try:
+        reply = decode_reply(data)
+    except ProtocolError as exc:
+        raise ControlError(str(exc)) from None
+    if "error" in reply:
+        raise ControlError(reply["error"])
+    return reply
+
+
+# -- commands -------------------------------------------------------------------------------------
+
+def cmd_status(args: argparse.Namespace, cfg: config_mod.Config, out: TextIO) -> int:
+    reply = request(cfg.control.socket, {"cmd": "status"})
+    out.write(json.dumps(reply, indent=2) + "\n" if args.json else format_status(reply) + "\n")
+    return EXIT_OK
+
+
+def cmd_simple(args: argparse.Namespace, cfg: config_mod.Config, out: TextIO) -> int:
+    reply = request(cfg.control.socket, {"cmd": args.command})
+    if args.command == "reload" and not reply.get("ok", True):
+        raise ControlError(f"reload refused, old configuration kept: {reply.get('error')}")
+    detail = f" (generation {reply['generation']})" if "generation" in reply else ""
+    out.write(f"{args.command}: ok{detail}\n")
+    for key in reply.get("restart_required") or []:
+        out.write(f"note: {key} changed; restart videofetchd to apply it\n")
+    return EXIT_OK
+
+
+def _read_inputs(args: argparse.Namespace) -> list[tuple[str, str]]:
+    """(where, text) for every ID or URL given on the command line or in --file."""
+    items = [(f"argument {i + 1}", a) for i, a in enumerate(args.items)]
+    if args.file:
+        name = "stdin" if args.file == "-" else args.file
+        try:
+            stream = contextlib.nullcontext(sys.stdin) if args.file == "-" else \
+                open(args.file, encoding="utf-8", errors="replace")
+        except OSError as exc:
+            raise InvalidVideoId(f"cannot read {args.file}: {exc.strerror}") from None
+        with stream as lines:
+            for n, line in enumerate(lines, 1):
+                text = line.strip()
+                if text and not text.startswith("#"):
+                    items.append((f"{name}:{n}", text))
+    return items
+
+
+def parse_inputs(items: list[tuple[str, str]]) -> tuple[list[tuple[str, str | None]], list[str]]:
+    """Split inputs into valid (video_id, url) pairs and error messages naming their source."""
+    from .jobs import id_for_url, is_url, validate_url, validate_video_id
+    good: list[tuple[str, str | None]] = []
+    bad: list[str] = []
+    for where, text in items:
+        try:
+            if is_url(text):
+                url = validate_url(text)
+                from .download import offline_id
+                good.append((offline_id(url) or id_for_url(url), url))
+            else:
+                good.append((validate_video_id(text), None))
+        except InvalidVideoId as exc:
+            bad.append(f"{where}: {exc}")
+    return good, bad
+
+
+def cmd_add(args: argparse.Namespace, cfg: config_mod.Config, out: TextIO) -> int:
+    good, bad = parse_inputs(_read_inputs(args))
+    for msg in bad:
+        print(f"videofetchctl: refused {msg}", file=sys.stderr)
+    if not good and not bad:
+        raise InvalidVideoId("nothing to add: give IDs or URLs, or --file F (- for stdin)")
+    added = known = 0
+    if good:
+        store = _open(cfg)
+        added, known = store.add(good)
+        store.close()
+        try:
+            request(cfg.control.socket, {"cmd": "nudge"}, timeout=2.0)
+        except VideofetchdError:
+            pass  # no daemon: the rows wait for the next one, or for `videofetchctl fetch`
+    out.write(f"added {added}, already known {known}, refused {len(bad)}\n")
+    return EXIT_USAGE if bad else EXIT_OK
+
+
+def cmd_list(args: argparse.Namespace, cfg: config_mod.Config, out: TextIO) -> int:
+    store = _open(cfg)
+    rows = store.list_rows(status=args.status, limit=args.limit)
+    store.close()
+    if args.json:
+        out.write(json.dumps(rows, indent=1) + "\n")
+        return EXIT_OK
+    for r in rows:
+        where = r["file_path"] or r["last_error"] or ""
+        out.write(f"{r['video_id']:<24} {r['status']:<8} attempts {r['attempts']:<2} {where}\n")
+    return EXIT_OK
+
+
+def cmd_retry(args: argparse.Namespace, cfg: config_mod.Config, out: TextIO) -> int:
+    if not args.failed and not args.ids:
+        raise InvalidVideoId("retry: give video IDs or --failed")
+    store = _open(cfg)
+    n = store.retry_failed(None if args.failed else args.ids)
+    store.close()
+    try:
+        request(cfg.control.socket, {"cmd": "nudge"}, timeout=2.0)
+    except VideofetchdError:
+        pass
+    out.write(f"requeued {n}\n")
+    return EXIT_OK
+
+
+def cmd_fetch(args: argparse.Namespace, cfg: config_mod.Config, out: TextIO) -> int:
+    from .fetch import run_fetch
+    from .logs import setup_logging
+    setup_logging(cfg.logging.level, verbose=args.verbose)
+    live = sys.stderr if sys.stderr.isatty() and not args.verbose else None
+    if live is not None:
+        logging.getLogger().setLevel(logging.WARNING)  # the live view replaces per-job info lines
+    summary = asyncio.run(run_fetch(cfg, num_workers=args.num_workers,
+                                    existing_videos_dir=args.existing_videos_dir, live=live))
+    out.write(summary.text() + "\n")
+    return EXIT_OK if summary.ok else EXIT_FAILURE
+
+
+def _open(cfg: config_mod.Config) -> Any:
+    from .store import open_store
+    return open_store(cfg.database.url)
+
+
+# -- parser ---------------------------------------------------------------------------------------
+
+def build_parser() -> argparse.ArgumentParser:
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--config", metavar="PATH", default=argparse.SUPPRESS,
+                        help=f"config file (default ${config_mod.CONFIG_ENV} or {config_mod.DEFAULT_CONFIG_PATH})")
+    common.add_argument("-v", "--verbose", action="store_true", default=argparse.SUPPRESS)
+    p = argparse.ArgumentParser(prog="videofetchctl", parents=[common],
+                                description="Control videofetchd and its queue.")
+    p.add_argument("--version", action="version", version=f"videofetchctl {__version__}")
+    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    s = sub.add_parser("status", parents=[common], help="daemon state, per-worker progress, queue counts")
+    s.add_argument("--json", action="store_true")
+    for name, text in (("reload", "re-read the config (like SIGHUP)"), ("pause", "stop claiming new jobs"),
+                       ("resume", "claim jobs again")):
+        sub.add_parser(name, parents=[common], help=text)
+    s = sub.add_parser("add", parents=[common], help="queue video IDs or URLs (known IDs are kept as they are)")
+    s.add_argument("items", nargs="*", metavar="ID_OR_URL")
+    s.add_argument("--file", metavar="F", help="read one ID or URL per line from F (- for stdin)")
+    s = sub.add_parser("list", parents=[common], help="rows of the queue")
+    s.add_argument("--status", choices=("queued", "running", "done", "failed", "missing"))
+    s.add_argument("--limit", type=int)
+    s.add_argument("--json", action="store_true")
+    s = sub.add_parser("retry", parents=[common], help="put failed rows back in the queue")
+    s.add_argument("ids", nargs="*", metavar="ID")
+    s.add_argument("--failed", action="store_true", help="every failed row")
+    s = sub.add_parser("fetch", parents=[common], help="one-shot: download every queued row, then exit")
+    s.add_argument("--num-workers", "--num_workers", dest="num_workers", type=int, metavar="N")
+    s.add_argument("--existing-videos-dir", "--existing_videos_dir", dest="existing_videos_dir", metavar="DIR",
+                   help="scan DIR for existing files first and mark their rows done")
+    from .scan_cli import add_scan_commands
+    add_scan_commands(sub, common)
+    return p
+
+
+COMMANDS = {"status": cmd_status, "reload": cmd_simple, "pause": cmd_simple, "resume": cmd_simple,
+            "add": cmd_add, "list": cmd_list, "retry": cmd_retry, "fetch": cmd_fetch}
+
+
+def main(argv: list[str] | None = None, out: TextIO | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    args.verbose = getattr(args, "verbose", False)
+    out = out or sys.stdout
+    try:
+        cfg = config_mod.load(getattr(args, "config", None), missing_ok=getattr(args, "config", None) is None)
+        if args.command not in COMMANDS:
+            from .scan_cli import SCAN_COMMANDS
+            return SCAN_COMMANDS[args.command](args, cfg, out)
+        return COMMANDS[args.command](args, cfg, out)
+    except VideofetchdError as exc:
+        log.debug("details", exc_info=exc)
+        print(f"videofetchctl: {exc}", file=sys.stderr)
+        return exc.exit_code
+    except ValueError as exc:
+        print(f"videofetchctl: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+
+
+if __name__ == "__main__":
+    sys.exit(main())

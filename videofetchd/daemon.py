@@ -1,0 +1,235 @@
+"""The daemon: signals, sd_notify, the control socket and reloads around one supervisor.
+
+Signal handlers only record the signal and wake the loop; reloading, stopping and logging
+happen in the loop. SIGHUP validates the new file before anything changes; SIGTERM drains;
+a second SIGTERM or a SIGINT stops quickly. Either way rows still running go back to ``queued``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import datetime
+import logging
+import os
+import signal
+import socket
+import time
+from typing import Any
+
+from . import config as config_mod
+from .config import Config
+from .errors import ConfigError
+from .status import ConfigInfo, ControlServer, snapshot
+from .store import Store, open_store, redact
+from .supervisor import Supervisor
+from .systemd import Notifier, watchdog_period
+
+log = logging.getLogger(__name__)
+STATUS_EVERY_S = 1.0
+READY_TIMEOUT_S = 60.0
+
+
+def _now_iso() -> str:
+    return datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
+
+
+class Daemon:
+    def __init__(self, cfg: Config) -> None:
+        self.cfg = cfg
+        self.info = ConfigInfo(path=cfg.path, loaded_at=_now_iso())
+        self.notifier = Notifier()
+        self.signals: list[int] = []
+        self.wakeup = asyncio.Event()
+        self.store: Store | None = None
+        self.sup: Supervisor | None = None
+        self.server: ControlServer | None = None
+
+    async def run(self) -> int:
+        loop = asyncio.get_running_loop()
+        self.store = store = await loop.run_in_executor(None, open_store, self.cfg.database.url)
+        log.info("database %s open (%s)", redact(self.cfg.database.url), store.backend)
+        node = self.cfg.node_name()
+        await loop.run_in_executor(None, self._requeue_dead_local, store)
+        self.sup = sup = Supervisor(self.cfg, store, node=node)
+        for sig in (signal.SIGHUP, signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, self._record_signal, sig)
+        self.server = ControlServer(self.cfg.control.socket, int(self.cfg.control.mode, 8), {
+            "status": self._cmd_status, "ping": self._cmd_ping, "nudge": self._cmd_nudge,
+            "reload": self._cmd_reload, "pause": self._cmd_pause, "resume": self._cmd_resume,
+        })
+        await self.server.start()
+        task = asyncio.create_task(sup.run(), name="supervisor")
+        try:
+            await self._wait_ready(task)
+            log.info("videofetchd ready as %s with %d workers", node, len(sup.slots))
+            self.notifier.ready(self._status_line())
+            await self._main_loop(task)
+        finally:
+            if not task.done():
+                sup.request_stop(quick=True)
+            await asyncio.gather(task, return_exceptions=True)
+            await self.server.stop()
+            store.close()
+        task.result()  # a supervisor crash is a bug: let it reach the CLI
+        log.info("stopped; queue: %s", sup.queue_counts)
+        return 0
+
+    async def _wait_ready(self, task: asyncio.Task[None]) -> None:
+        """READY=1 only when every slot's child is up and the first database pass is done."""
+        assert self.sup is not None
+        deadline = time.monotonic() + READY_TIMEOUT_S
+        while not (self.sup.state != "starting" and all(s.pid for s in self.sup.slots)):
+            if task.done() or time.monotonic() > deadline:
+                break
+            await asyncio.sleep(0.02)
+
+    def _record_signal(self, sig: int) -> None:
+        self.signals.append(sig)
+        self.wakeup.set()
+
+    async def _main_loop(self, task: asyncio.Task[None]) -> None:
+        assert self.sup is not None
+        sup = self.sup
+        period = watchdog_period()
+        next_ping = next_status = 0.0
+        stop_progress = -1
+        while not task.done():
+            while self.signals:
+                await self._handle_signal(self.signals.pop(0))
+            now = time.monotonic()
+            if period is not None and now >= next_ping:
+                # ping only while the supervisor loop is really turning
+                if now - sup.last_turn < period:
+                    self.notifier.watchdog()
+                next_ping = now + period
+            if now >= next_status:
+                self.notifier.status(self._status_line())
+                next_status = now + STATUS_EVERY_S
+                if sup.stopping:  # a drain that makes progress may outlive TimeoutStopSec
+                    done = sup.counters.completed + sup.counters.failed
+                    if done != stop_progress:
+                        stop_progress = done
+                        self.notifier.extend_timeout(self.cfg.download.drain_timeout
+                                                     + self.cfg.download.kill_grace + 10)
+            self.wakeup.clear()
+            timeout = min(STATUS_EVERY_S, period or STATUS_EVERY_S)
+            waiter = asyncio.ensure_future(self.wakeup.wait())
+            await asyncio.wait({task, waiter}, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
+            waiter.cancel()
+
+    async def _handle_signal(self, sig: int) -> None:
+        assert self.sup is not None
+        if sig == signal.SIGHUP:
+            await self._reload()
+        elif sig == signal.SIGTERM and not self.sup.stopping:
+            log.info("SIGTERM: draining for up to %.0fs, then stopping", self.cfg.download.drain_timeout)
+            self.notifier.stopping()
+            self.sup.request_stop()
+        else:
+            log.info("%s: stopping now; running jobs go back to the queue", signal.Signals(sig).name)
+            self.notifier.stopping()
+            self.sup.request_stop(quick=True)
+
+    async def _reload(self) -> dict[str, Any]:
+        assert self.sup is not None
+        sup = self.sup
+        self.notifier.reloading()
+        before = sup.state
+        sup.state = "reloading"
+        try:
+            new = config_mod.load(self.info.path)
+        except ConfigError as exc:
+            self.info.last_reload_error = str(exc)
+            log.error("reload failed, keeping the previous configuration: %s", exc)
+            return {"ok": False, "error": str(exc)}
+        finally:
+            sup.state = before
+            self.notifier.ready(self._status_line())
+        restart = config_mod.restart_required(self.cfg, new)
+        if restart:
+            log.warning("reload: %s changed; this needs a restart, the old values stay", ", ".join(restart))
+            new = dataclasses.replace(new, database=self.cfg.database, control=self.cfg.control)
+        self.cfg = new
+        self.info.generation += 1
+        self.info.loaded_at = _now_iso()
+        self.info.last_reload_error = None
+        self.info.restart_required = restart
+        logging.getLogger().setLevel(new.logging.level.upper())
+        sup.apply_config(new)
+        log.info("configuration generation %d loaded from %s (%d workers)", self.info.generation,
+                 self.info.path, new.download.workers)
+        self.notifier.status(self._status_line())
+        return {"ok": True, "generation": self.info.generation, "restart_required": restart}
+
+    def _status_line(self) -> str:
+        sup = self.sup
+        if sup is None:
+            return "starting"
+        busy = sum(1 for s in sup.slots if s.busy)
+        q = sup.queue_counts
+        parts = [sup.state, f"{busy}/{len(sup.slots)} busy",
+                 f"queued {q.get('queued', 0)} running {q.get('running', 0)} done {q.get('done', 0)} "
+                 f"failed {q.get('failed', 0)}"]
+        if not sup.db_health.ok:
+            parts.insert(0, "database unavailable")
+        if self.info.last_reload_error:
+            parts.append("last reload failed")
+        return ", ".join(parts)
+
+    def _requeue_dead_local(self, store: Store) -> None:
+        """Rows leased by an earlier daemon on this host whose process is gone need not wait for
+        their lease to expire."""
+        host = socket.gethostname()
+        dead = []
+        for owner in store.lease_owners():
+            name, _, pid = owner.rpartition(":")
+            if name == host and pid.isdigit() and int(pid) != os.getpid() and not _alive(int(pid)):
+                dead.append(owner)
+        if dead:
+            n = store.requeue_owned(dead)
+            log.warning("requeued %d rows left running by a dead daemon on this host", n)
+
+    # -- control commands -------------------------------------------------------------------------
+
+    async def _cmd_status(self, _req: dict[str, Any]) -> dict[str, Any]:
+        assert self.sup is not None
+        return snapshot(self.sup, self.info)
+
+    async def _cmd_ping(self, _req: dict[str, Any]) -> dict[str, Any]:
+        return {"ok": True}
+
+    async def _cmd_nudge(self, _req: dict[str, Any]) -> dict[str, Any]:
+        assert self.sup is not None
+        self.sup.wake(claim=True)
+        return {"ok": True}
+
+    async def _cmd_reload(self, _req: dict[str, Any]) -> dict[str, Any]:
+        return await self._reload()
+
+    async def _cmd_pause(self, _req: dict[str, Any]) -> dict[str, Any]:
+        assert self.sup is not None
+        self.sup.paused = True
+        if not self.sup.stopping:
+            self.sup.state = "paused"
+        log.info("paused: no new jobs are claimed")
+        return {"ok": True, "state": self.sup.state}
+
+    async def _cmd_resume(self, _req: dict[str, Any]) -> dict[str, Any]:
+        assert self.sup is not None
+        self.sup.paused = False
+        if not self.sup.stopping:
+            self.sup.state = "running"
+        self.sup.wake(claim=True)
+        log.info("resumed")
+        return {"ok": True, "state": self.sup.state}
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True

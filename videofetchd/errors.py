@@ -1,0 +1,49 @@
+"""Exception hierarchy and exit codes.
+
+Library code raises these and never calls ``sys.exit``; the two CLIs (``cli.py`` and ``ctl.py``)
+are the only places where an exception becomes a message on stderr and an exit code.
+This module imports nothing from the package.
+"""
+
+from __future__ import annotations
+
+EXIT_OK = 0
+EXIT_FAILURE = 1  #: some jobs failed (one-shot fetch), or an unexpected error
+EXIT_USAGE = 2  #: bad command line or bad input (argparse uses 2 too)
+EXIT_NOT_RUNNING = 3  #: LSB "program is not running" (videofetchctl status)
+EXIT_TEMPFAIL = 75  #: EX_TEMPFAIL: the database is unreachable at start; systemd may retry
+EXIT_CONFIG = 78  #: EX_CONFIG: the configuration is invalid; RestartPreventExitStatus=78
+
+
+class VideofetchdError(Exception):
+    """Base class of every error videofetchd reports to a user."""
+
+    exit_code = EXIT_FAILURE
+
+
+class ConfigError(VideofetchdError):
+    """The configuration file is missing, unreadable or invalid."""
+
+    exit_code = EXIT_CONFIG
+
+
+class DatabaseUnavailable(VideofetchdError):
+    """The database could not be opened or reached."""
+
+    exit_code = EXIT_TEMPFAIL
+
+
+class InvalidVideoId(VideofetchdError):
+    """A video ID or URL given by a user cannot be queued safely."""
+
+    exit_code = EXIT_USAGE
+
+
+class NotRunning(VideofetchdError):
+    """No daemon answers on the control socket."""
+
+    exit_code = EXIT_NOT_RUNNING
+
+
+class ControlError(VideofetchdError):
+    """The daemon answered a control request with an error."""

@@ -1,0 +1,130 @@
+"""One-shot mode: drain the queue with N workers and exit (``videofetchctl fetch``, ``Fetcher``).
+
+The same supervisor as the daemon, told to stop once no row is queued. On a terminal it redraws a
+live per-worker view; otherwise progress goes to the log as plain lines.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import dataclasses
+import logging
+import signal
+import sys
+from dataclasses import dataclass, field
+from typing import TextIO
+
+from . import config as config_mod
+from .config import Config
+from .display import format_worker, human_duration
+from .status import ConfigInfo, snapshot
+from .store import open_store
+from .supervisor import Supervisor
+
+log = logging.getLogger(__name__)
+REDRAW_S = 0.5
+
+
+@dataclass(frozen=True)
+class FetchSummary:
+    completed: int
+    failed: int
+    retried: int
+    queue: dict[str, int]
+    failures: list[tuple[str, str]] = field(default_factory=list)
+    scanned: int = 0
+
+    @property
+    def ok(self) -> bool:
+        return self.failed == 0
+
+    def text(self) -> str:
+        lines = [f"fetched {self.completed}, failed {self.failed}, retried {self.retried}; queue now: "
+                 + ", ".join(f"{k} {v}" for k, v in self.queue.items())]
+        if self.scanned:
+            lines.insert(0, f"scan marked {self.scanned} existing files done")
+        reasons = collections.Counter(reason for _, reason in self.failures)
+        for reason, n in reasons.most_common(10):
+            examples = [v for v, r in self.failures if r == reason][:3]
+            lines.append(f"  {n} failed: {reason}  (e.g. {', '.join(examples)})")
+        return "\n".join(lines)
+
+
+def _check_workers(num_workers: object) -> int:
+    if isinstance(num_workers, bool) or not isinstance(num_workers, int) or num_workers < 1:
+        raise ValueError(f"num_workers must be a positive integer, got {num_workers!r}")
+    return num_workers
+
+
+async def run_fetch(cfg: Config, *, num_workers: int | None = None, existing_videos_dir: str | None = None,
+                    live: TextIO | None = None) -> FetchSummary:
+    """Scan ``existing_videos_dir`` if given, then download every queued row."""
+    if num_workers is not None:
+        _check_workers(num_workers)
+        cfg = dataclasses.replace(cfg, download=dataclasses.replace(cfg.download, workers=num_workers))
+    loop = asyncio.get_running_loop()
+    store = await loop.run_in_executor(None, open_store, cfg.database.url)
+    scanned = 0
+    if existing_videos_dir is not None:
+        from .scan import scan_into_store
+        report = await loop.run_in_executor(None, lambda: scan_into_store(store, [existing_videos_dir], cfg.scan))
+        scanned = report.marked_done
+        log.info("scan of %s: %s", existing_videos_dir, report.summary())
+    sup = Supervisor(cfg, store, node=cfg.node_name(), one_shot=True)
+    handlers = {signal.SIGTERM: False, signal.SIGINT: True}
+    for sig, quick in handlers.items():
+        loop.add_signal_handler(sig, sup.request_stop, quick)  # type: ignore[arg-type]
+    task = asyncio.create_task(sup.run())
+    drawer = asyncio.create_task(_draw(sup, cfg, live)) if live is not None else None
+    try:
+        await task
+    finally:
+        for sig in handlers:
+            loop.remove_signal_handler(sig)
+        if drawer is not None:
+            drawer.cancel()
+        store.close()
+    c = sup.counters
+    return FetchSummary(completed=c.completed, failed=c.failed, retried=c.retried,
+                        queue=dict(sup.queue_counts), failures=list(sup.failures), scanned=scanned)
+
+
+async def _draw(sup: Supervisor, cfg: Config, out: TextIO) -> None:
+    """Redraw the live view in place: one line per worker plus a totals line."""
+    shown = 0
+    info = ConfigInfo(path=cfg.path)
+    while True:
+        st = snapshot(sup, info)
+        q, c = st["queue"], st["counters"]
+        lines = [f"fetch: {c['completed']} done, {c['failed']} failed, {c['retried']} retried; "
+                 f"queued {q.get('queued', 0)}; up {human_duration(st['uptime_s'])}"]
+        lines += [format_worker(w) for w in st["workers"]]
+        out.write(("\x1b[F" * shown) + "".join("\x1b[2K" + line[:200] + "\n" for line in lines))
+        out.flush()
+        shown = len(lines)
+        await asyncio.sleep(REDRAW_S)
+
+
+class Fetcher:
+    """The original asynchronous API: ``await Fetcher().fetch(existing_videos_dir=..., num_workers=5)``.
+
+    The config comes from ``config_path``, else ``$VIDEOFETCHD_CONFIG``, else
+    /etc/videofetchd/videofetchd.yaml, else the built-in defaults.
+    """
+
+    def __init__(self, config: Config | str | None = None) -> None:
+        if isinstance(config, Config):
+            self.config = config
+        else:
+            self.config = config_mod.load(config, missing_ok=config is None)
+
+    async def fetch(self, existing_videos_dir: str | None = None, num_workers: int = 10) -> FetchSummary:
+        """Scan ``existing_videos_dir`` (if given), then download every queued video.
+
+        Raises ValueError if ``num_workers`` is not a positive integer.
+        """
+        _check_workers(num_workers)
+        live = sys.stderr if sys.stderr.isatty() else None
+        return await run_fetch(self.config, num_workers=num_workers, existing_videos_dir=existing_videos_dir,
+                               live=live)

@@ -1,0 +1,143 @@
+"""Pure job policy: what a job is, which IDs are safe, how errors are classified, retry delays.
+
+No I/O, no processes, no database: everything here is a function of its arguments, so the
+supervisor, the store and the tests share one definition of each rule.
+"""
+
+from __future__ import annotations
+
+import enum
+import hashlib
+import random
+import re
+import urllib.parse
+from dataclasses import dataclass
+
+from .errors import InvalidVideoId
+
+MAX_ID_LENGTH = 200
+MAX_URL_LENGTH = 4096
+#: letters, digits and the punctuation real extractors use in IDs; no '/', '\\', spaces or '='
+_ID_RE = re.compile(r"[A-Za-z0-9_\-][A-Za-z0-9_\-.:@~+]*")
+
+
+class ErrorKind(str, enum.Enum):
+    """How a failed attempt is treated."""
+
+    PERMANENT = "permanent"  #: the video cannot be had (404, private, removed): fail at once
+    TRANSIENT = "transient"  #: network, 5xx, truncated body: retry with backoff
+    THROTTLED = "throttled"  #: 429 or a bot check: pause the whole site, retry later
+    STALLED = "stalled"  #: no progress for stall_timeout: the child was killed; retry
+    CRASHED = "crashed"  #: the child died (signal, OOM): retry
+    TIMEOUT = "timeout"  #: job_timeout exceeded: retry
+    INVALID = "invalid"  #: the row itself is unusable (bad ID): fail at once
+
+
+@dataclass(frozen=True)
+class Job:
+    """What a worker child receives: enough to download, nothing to reach the database with."""
+
+    row_id: int
+    video_id: str
+    url: str
+    attempt: int
+    claim_token: str
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """What a worker child returns for one job."""
+
+    ok: bool
+    file_path: str | None = None
+    file_size: int | None = None
+    extractor: str | None = None
+    error: str | None = None
+    kind: ErrorKind | None = None
+
+
+def validate_video_id(video_id: str) -> str:
+    """Return ``video_id`` if it is safe to queue, else raise InvalidVideoId saying why."""
+    if not isinstance(video_id, str) or not video_id:
+        raise InvalidVideoId("empty video ID")
+    shown = video_id if len(video_id) <= 40 else video_id[:37] + "..."
+    if len(video_id) > MAX_ID_LENGTH:
+        raise InvalidVideoId(f"video ID too long ({len(video_id)} characters, at most {MAX_ID_LENGTH})")
+    if any(ord(c) < 32 or ord(c) == 127 for c in video_id):
+        raise InvalidVideoId(f"video ID {shown!r} contains control characters")
+    if video_id in (".", "..") or not _ID_RE.fullmatch(video_id):
+        raise InvalidVideoId(
+            f"invalid video ID {shown!r}: use letters, digits and - _ . : @ ~ + "
+            "(no spaces, slashes or '='); give a full http(s) URL to queue a page")
+    return video_id
+
+
+def is_url(text: str) -> bool:
+    return text.startswith(("http://", "https://"))
+
+
+def validate_url(url: str) -> str:
+    if len(url) > MAX_URL_LENGTH:
+        raise InvalidVideoId(f"URL too long ({len(url)} characters, at most {MAX_URL_LENGTH})")
+    if any(ord(c) <= 32 or ord(c) == 127 for c in url):
+        raise InvalidVideoId("URL contains spaces or control characters")
+    parts = urllib.parse.urlsplit(url)
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise InvalidVideoId(f"not an http(s) URL: {url[:60]!r}")
+    return url
+
+
+def id_for_url(url: str) -> str:
+    """A stable queue key for a page URL that has no extractor ID we can know offline."""
+    return "url-" + hashlib.sha256(url.encode()).hexdigest()[:16]
+
+
+def url_for(video_id: str, url: str | None, template: str) -> str:
+    """The URL a job downloads: the row's own URL, or the template with the ID percent-quoted."""
+    if url:
+        return validate_url(url)
+    validate_video_id(video_id)
+    return template.format(id=urllib.parse.quote(video_id, safe=""))
+
+
+def site_of(url: str) -> str:
+    """The throttling unit: the host name without a leading www."""
+    host = (urllib.parse.urlsplit(url).hostname or "").lower()
+    return host[4:] if host.startswith("www.") else host
+
+
+_PERMANENT = re.compile(
+    r"HTTP Error 40[0-4]|HTTP Error 410|HTTP Error 451|Video unavailable|This video is private|"
+    r"Private video|has been removed|no longer available|account .*terminated|"
+    r"Unsupported URL|is not a valid URL|members-only|This video is only available|"
+    r"copyright claim|age-restricted|not available in your country|Premieres in|"
+    r"This live event will begin|Unable to extract|No video formats found",
+    re.IGNORECASE)
+_THROTTLED = re.compile(
+    r"HTTP Error 429|Too Many Requests|confirm you.re not a bot|rate.?limit|"
+    r"sign in to confirm|temporarily blocked", re.IGNORECASE)
+
+
+def classify(message: str) -> ErrorKind:
+    """Sort a yt-dlp error message into permanent, throttled or transient."""
+    if _THROTTLED.search(message):
+        return ErrorKind.THROTTLED
+    if _PERMANENT.search(message):
+        return ErrorKind.PERMANENT
+    return ErrorKind.TRANSIENT
+
+
+def backoff_delay(attempt: int, base: float, cap: float, rng: random.Random | None = None) -> float:
+    """Delay before retry number ``attempt`` (1-based): exponential with "equal jitter", capped.
+
+    Half the delay is fixed and half random, so retries of rows that failed together spread out
+    but none comes back sooner than half its nominal delay.
+    """
+    rng = rng or random.Random()
+    nominal = min(cap, base * (2 ** max(0, attempt - 1)))
+    return nominal / 2 + rng.uniform(0, nominal / 2)
+
+
+def throttle_delay(strikes: int, base: float, cap: float = 24 * 3600.0) -> float:
+    """Site-wide pause after ``strikes`` consecutive throttling answers: doubles while it repeats."""
+    return min(cap, base * (2 ** max(0, strikes - 1)))

@@ -1,0 +1,125 @@
+"""The ``videos`` table: job states, schema DDL per backend, schema version.
+
+Every column but ``video_id`` has a database-side default, so any program can feed the queue with
+``INSERT INTO videos (video_id) VALUES ('abc')``. Times are stored as epoch seconds (a double) in
+both backends, which keeps lease arithmetic identical on SQLite and PostgreSQL and lets the
+database clock, not the hosts' clocks, decide when a lease expires.
+This module declares; it does not connect (``db_proxy`` is bound by ``store.open_store``).
+"""
+
+from __future__ import annotations
+
+import enum
+
+import peewee
+
+SCHEMA_VERSION = 1
+NOTIFY_CHANNEL = "videofetchd_queue"
+
+db_proxy = peewee.DatabaseProxy()
+
+
+class JobState(str, enum.Enum):
+    """A row's place in its life cycle.
+
+    queued -> running -> done | failed; running -> queued when a lease expires, a child hangs
+    or dies (attempt counted) or the daemon stops (attempt not counted); done -> missing when a
+    scan finds its file gone (-> queued again if ``scan.requeue_missing``).
+    """
+
+    QUEUED = "queued"  #: waiting; eligible once run_after has passed
+    RUNNING = "running"  #: claimed by lease_owner until lease_expires
+    DONE = "done"  #: the final file exists with the expected size; file_path is set
+    FAILED = "failed"  #: permanent error, or max_attempts used up; last_error says why
+    MISSING = "missing"  #: was done, but a scan no longer finds its file
+
+
+STATES = tuple(s.value for s in JobState)
+
+
+class Video(peewee.Model):
+    """Read-side model; writes that need atomicity are single SQL statements in ``store``."""
+
+    id = peewee.BigAutoField()
+    video_id = peewee.TextField(unique=True)
+    url = peewee.TextField(null=True)
+    status = peewee.TextField(default=JobState.QUEUED.value)
+    attempts = peewee.IntegerField(default=0)
+    run_after = peewee.DoubleField()
+    last_error = peewee.TextField(null=True)
+    error_kind = peewee.TextField(null=True)
+    file_path = peewee.TextField(null=True)
+    file_size = peewee.BigIntegerField(null=True)
+    found_by = peewee.TextField(null=True)
+    extractor = peewee.TextField(null=True)
+    lease_owner = peewee.TextField(null=True)
+    claim_token = peewee.TextField(null=True)
+    lease_expires = peewee.DoubleField(null=True)
+    created_at = peewee.DoubleField()
+    updated_at = peewee.DoubleField()
+    finished_at = peewee.DoubleField(null=True)
+
+    class Meta:
+        database = db_proxy
+        table_name = "videos"
+
+
+#: the database clock as epoch seconds, per backend
+NOW_SQL = {
+    "sqlite": "((julianday('now') - 2440587.5) * 86400.0)",
+    "postgres": "(extract(epoch from clock_timestamp())::double precision)",
+}
+
+_STATUS_CHECK = "CHECK (status IN ({}))".format(", ".join(f"'{s}'" for s in STATES))
+
+
+def schema_v1(backend: str) -> list[str]:
+    """DDL of schema version 1 for ``backend`` ("sqlite" or "postgres")."""
+    now = NOW_SQL[backend]
+    pk = "INTEGER PRIMARY KEY AUTOINCREMENT" if backend == "sqlite" else "BIGSERIAL PRIMARY KEY"
+    dbl = "REAL" if backend == "sqlite" else "DOUBLE PRECISION"
+    stmts = [
+        f"""CREATE TABLE IF NOT EXISTS videos (
+            id {pk},
+            video_id TEXT NOT NULL UNIQUE,
+            url TEXT,
+            status TEXT NOT NULL DEFAULT 'queued' {_STATUS_CHECK},
+            attempts INTEGER NOT NULL DEFAULT 0,
+            run_after {dbl} NOT NULL DEFAULT {now},
+            last_error TEXT,
+            error_kind TEXT,
+            file_path TEXT,
+            file_size BIGINT,
+            found_by TEXT,
+            extractor TEXT,
+            lease_owner TEXT,
+            claim_token TEXT,
+            lease_expires {dbl},
+            created_at {dbl} NOT NULL DEFAULT {now},
+            updated_at {dbl} NOT NULL DEFAULT {now},
+            finished_at {dbl}
+        )""",
+        # claims walk this index in order and stop after LIMIT rows: O(log n) on any queue size
+        "CREATE INDEX IF NOT EXISTS videos_claim ON videos (status, run_after, id)",
+        "CREATE INDEX IF NOT EXISTS videos_lease ON videos (status, lease_expires)",
+        f"""CREATE TABLE IF NOT EXISTS site_backoff (
+            site TEXT PRIMARY KEY,
+            until {dbl} NOT NULL,
+            strikes INTEGER NOT NULL DEFAULT 1,
+            reason TEXT
+        )""",
+    ]
+    if backend == "postgres":
+        # any insert, from videofetchctl or another program, wakes idle daemons at once
+        stmts += [
+            f"""CREATE OR REPLACE FUNCTION videofetchd_notify() RETURNS trigger AS $$
+            BEGIN PERFORM pg_notify('{NOTIFY_CHANNEL}', ''); RETURN NULL; END $$ LANGUAGE plpgsql""",
+            "DROP TRIGGER IF EXISTS videos_notify ON videos",
+            """CREATE TRIGGER videos_notify AFTER INSERT ON videos
+            FOR EACH STATEMENT EXECUTE FUNCTION videofetchd_notify()""",
+        ]
+    return stmts
+
+
+#: version -> DDL builder; a release that changes the schema appends one entry
+MIGRATIONS = {1: schema_v1}

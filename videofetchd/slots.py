@@ -1,0 +1,169 @@
+"""Worker slots: one single-process ``ProcessPoolExecutor`` per slot, parent side.
+
+Killing a child of a shared ``ProcessPoolExecutor`` fails every in-flight future of that pool, so
+each slot owns its own executor: a hung or dead child costs only its own job, and only its slot
+is rebuilt. Children come from a forkserver that has ``yt_dlp`` preloaded, so a rebuild costs tens
+of milliseconds, and they live for many jobs (recycled by job count or RSS, between jobs only).
+"""
+
+from __future__ import annotations
+
+import logging
+import multiprocessing
+import multiprocessing.context
+import os
+import signal
+import time
+from concurrent.futures import Future, ProcessPoolExecutor
+from dataclasses import dataclass
+from typing import Any
+
+import psutil
+
+from . import worker
+from .config import DownloadConfig
+from .download import PHASE_NAMES, PHASE_POSTPROCESSING
+from .jobs import Job
+
+log = logging.getLogger(__name__)
+_ctx: multiprocessing.context.BaseContext | None = None
+
+
+def mp_context() -> multiprocessing.context.BaseContext:
+    """The forkserver context, with yt-dlp preloaded into the server (once per process)."""
+    global _ctx
+    if _ctx is None:
+        ctx = multiprocessing.get_context("forkserver")
+        ctx.set_forkserver_preload(["videofetchd.worker"])  # imports yt_dlp and our download code
+        _ctx = ctx
+    return _ctx
+
+
+@dataclass(frozen=True)
+class Progress:
+    phase: str
+    downloaded_bytes: int
+    total_bytes: int | None
+    speed_bps: float | None
+    eta_s: float | None
+    last_progress_age_s: float
+    postprocessing: bool
+
+
+class Slot:
+    """One worker child and the job it runs. Only the supervisor's loop calls these methods."""
+
+    def __init__(self, index: int) -> None:
+        self.index = index
+        self.shared: Any = mp_context().Array("d", worker.SHARED_LEN, lock=False)
+        self.executor: ProcessPoolExecutor | None = None
+        self.future: Future[Any] | None = None
+        self.job: Job | None = None
+        self.job_cfg: DownloadConfig | None = None
+        self.started_at = 0.0
+        self.kill_sent_at: float | None = None
+        self.kill_reason: str | None = None
+        self.retiring = False  # shrink after a reload: remove once idle
+        self.generation = -1
+
+    # -- life cycle ---------------------------------------------------------------------------
+
+    def start(self, cfg: DownloadConfig, generation: int) -> None:
+        """Create the child now and warm its YoutubeDL, so the first job starts at once."""
+        self.shared[worker.PID] = 0
+        self.executor = ProcessPoolExecutor(max_workers=1, mp_context=mp_context(),
+                                            initializer=worker.init_child, initargs=(self.shared,))
+        self.generation = generation
+        self.executor.submit(worker.warm, cfg, generation)
+        self.kill_sent_at = None
+        self.kill_reason = None
+
+    def discard(self) -> None:
+        """Drop the executor without waiting (its child is dead or idle)."""
+        if self.executor is not None:
+            self.executor.shutdown(wait=False, cancel_futures=True)
+            self.executor = None
+        self.future = None
+        self.job = None
+
+    def stop_child(self) -> None:
+        """Ask an idle child to exit (recycling, shrinking, daemon stop)."""
+        pid = self.pid
+        self.discard()
+        if pid:
+            _signal_group(pid, signal.SIGTERM)
+
+    @property
+    def pid(self) -> int:
+        return int(self.shared[worker.PID])
+
+    @property
+    def busy(self) -> bool:
+        return self.job is not None
+
+    @property
+    def jobs_done(self) -> int:
+        return int(self.shared[worker.JOBS])
+
+    def rss(self) -> int:
+        try:
+            return int(psutil.Process(self.pid).memory_info().rss) if self.pid else 0
+        except psutil.Error:
+            return 0
+
+    # -- jobs -----------------------------------------------------------------------------------
+
+    def submit(self, job: Job, cfg: DownloadConfig, generation: int) -> Future[Any]:
+        assert self.executor is not None and self.job is None
+        now = time.monotonic()
+        self.shared[worker.BEAT] = now  # the stall clock starts at dispatch
+        self.shared[worker.DONE_BYTES] = 0
+        self.shared[worker.TOTAL_BYTES] = 0
+        self.job, self.job_cfg, self.started_at = job, cfg, now
+        self.future = self.executor.submit(worker.run_job, job, cfg, generation)
+        return self.future
+
+    def take_result(self) -> tuple[Job, Future[Any]]:
+        """Detach the finished job; the slot becomes idle."""
+        assert self.job is not None and self.future is not None
+        job, fut = self.job, self.future
+        self.job = self.future = self.job_cfg = None
+        return job, fut
+
+    def progress(self, now: float | None = None) -> Progress:
+        s = self.shared
+        now = time.monotonic() if now is None else now
+        phase = int(s[worker.PHASE])
+        total = int(s[worker.TOTAL_BYTES])
+        speed, eta = float(s[worker.SPEED]), float(s[worker.ETA])
+        return Progress(phase=PHASE_NAMES.get(phase, "idle") if self.busy else "idle",
+                        downloaded_bytes=int(s[worker.DONE_BYTES]) if self.busy else 0,
+                        total_bytes=total or None, speed_bps=speed or None,
+                        eta_s=eta if eta >= 0 else None,
+                        last_progress_age_s=max(0.0, now - float(s[worker.BEAT])),
+                        postprocessing=phase == PHASE_POSTPROCESSING)
+
+    def kill(self, reason: str, *, grace: float, now: float) -> None:
+        """SIGTERM the child's process group now, SIGKILL once ``grace`` has passed."""
+        pid = self.pid
+        if not pid:
+            return
+        if self.kill_sent_at is None:
+            self.kill_sent_at, self.kill_reason = now, reason
+            log.warning("slot %d: %s; sending SIGTERM to process group %d", self.index, reason, pid)
+            _signal_group(pid, signal.SIGTERM)
+        elif now - self.kill_sent_at >= grace:
+            log.warning("slot %d: child %d ignored SIGTERM for %.1fs; sending SIGKILL", self.index, pid, grace)
+            _signal_group(pid, signal.SIGKILL)
+
+
+def _signal_group(pid: int, sig: int) -> None:
+    try:
+        os.killpg(pid, sig)
+    except ProcessLookupError:
+        pass
+    except PermissionError:  # not (yet) a group leader: signal the process alone
+        try:
+            os.kill(pid, sig)
+        except ProcessLookupError:
+            pass

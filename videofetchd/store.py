@@ -1,0 +1,378 @@
+"""The database queue: every statement that changes a job's state lives here.
+
+Claims are one atomic statement per backend (SQLite: ``UPDATE ... WHERE id IN (SELECT ... LIMIT
+n) RETURNING``; PostgreSQL: the same through a ``FOR UPDATE SKIP LOCKED`` CTE), leases carry an
+owner, a claim token and an expiry on the database clock, and finish/fail/retry match the claim
+token, so a daemon that lost its lease cannot overwrite another's result.
+Store methods are blocking; the daemon calls them from one dedicated thread.
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+import uuid
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
+from typing import Any, TypeVar
+from urllib.parse import unquote, urlsplit
+
+import peewee
+
+from . import models
+from .errors import ConfigError, DatabaseUnavailable
+from .models import JobState
+
+T = TypeVar("T")
+_ADD_BATCH = 500
+LIST_FIELDS = ("video_id", "status", "attempts", "last_error", "file_path", "file_size", "url",
+               "error_kind", "found_by", "lease_owner", "run_after", "updated_at", "finished_at")
+
+
+@dataclass(frozen=True)
+class Claimed:
+    row_id: int
+    video_id: str
+    url: str | None
+    attempt: int
+    claim_token: str
+
+
+def _db_errors(fn: Callable[..., T]) -> Callable[..., T]:
+    """Turn driver-level connection failures into DatabaseUnavailable, dropping the connection
+    so that the next call reconnects."""
+    @functools.wraps(fn)
+    def wrapper(self: Store, *args: Any, **kwargs: Any) -> T:
+        try:
+            return fn(self, *args, **kwargs)
+        except (peewee.OperationalError, peewee.InterfaceError) as exc:
+            self.drop_connection()
+            raise DatabaseUnavailable(f"database error: {str(exc).strip() or type(exc).__name__}") from exc
+    return wrapper
+
+
+def make_database(url: str) -> tuple[peewee.Database, str]:
+    """A peewee database for ``url`` and its backend name ("sqlite" or "postgres")."""
+    if url.startswith("sqlite:///"):
+        path = unquote(url[len("sqlite:///"):])
+        if not path:
+            raise ConfigError("database.url: sqlite URL has no path")
+        if path != ":memory:":
+            os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+        pragmas = {"journal_mode": "wal", "busy_timeout": 10000, "synchronous": "normal"}
+        return peewee.SqliteDatabase(path, pragmas=pragmas, timeout=10), "sqlite"
+    parts = urlsplit(url)
+    if parts.scheme not in ("postgresql", "postgres"):
+        raise ConfigError(f"database.url: unsupported scheme {parts.scheme!r}")
+    try:
+        import psycopg2  # noqa: F401  (checked here so the error names the missing extra)
+    except ImportError:
+        raise ConfigError("database.url: PostgreSQL needs the 'postgres' extra "
+                          "(pip install 'videofetchd[postgres]')") from None
+    db = peewee.PostgresqlDatabase(
+        unquote(parts.path.lstrip("/")) or "postgres", host=parts.hostname or None,
+        port=parts.port or None, user=unquote(parts.username) if parts.username else None,
+        password=unquote(parts.password) if parts.password else None,
+        connect_timeout=5, application_name="videofetchd")
+    return db, "postgres"
+
+
+class Store:
+    def __init__(self, db: peewee.Database, backend: str, url: str) -> None:
+        self.db = db
+        self.backend = backend
+        self.url = url
+        self.now = models.NOW_SQL[backend]
+
+    # -- plumbing ---------------------------------------------------------------------------
+
+    def _sql(self, sql: str) -> str:
+        return sql.replace("?", "%s") if self.backend == "postgres" else sql
+
+    def write(self, sql: str, params: Sequence[Any] = ()) -> tuple[list[tuple[Any, ...]], int]:
+        """One statement in its own transaction; returns (RETURNING rows, rowcount)."""
+        lock = {"lock_type": "IMMEDIATE"} if self.backend == "sqlite" else {}
+        with self.db.atomic(**lock):
+            cur = self.db.execute_sql(self._sql(sql), list(params))
+            rows = cur.fetchall() if cur.description else []
+            return rows, cur.rowcount
+
+    def read(self, sql: str, params: Sequence[Any] = ()) -> list[tuple[Any, ...]]:
+        cur = self.db.execute_sql(self._sql(sql), list(params))
+        return list(cur.fetchall())
+
+    def drop_connection(self) -> None:
+        try:
+            self.db.close()
+        except Exception:  # noqa: BLE001 - the connection is already broken; nothing to save
+            pass
+
+    def close(self) -> None:
+        if not self.db.is_closed():
+            self.db.close()
+
+    @_db_errors
+    def ping(self) -> None:
+        self.read("SELECT 1")
+
+    @_db_errors
+    def migrate(self) -> int:
+        """Create or upgrade the schema; returns the version now in place."""
+        with self.db.atomic():
+            if self.backend == "postgres":  # several daemons may start at once
+                self.db.execute_sql("SELECT pg_advisory_xact_lock(7214661)")
+            self.db.execute_sql("CREATE TABLE IF NOT EXISTS videofetchd_schema (version INTEGER NOT NULL)")
+            row = self.db.execute_sql("SELECT max(version) FROM videofetchd_schema").fetchone()
+            current = row[0] or 0
+            if current > models.SCHEMA_VERSION:
+                raise DatabaseUnavailable(f"database schema version {current} is newer than this "
+                                          f"videofetchd (knows {models.SCHEMA_VERSION}); upgrade it")
+            for version in range(current + 1, models.SCHEMA_VERSION + 1):
+                for stmt in models.MIGRATIONS[version](self.backend):
+                    self.db.execute_sql(stmt)
+                self.db.execute_sql(self._sql("INSERT INTO videofetchd_schema (version) VALUES (?)"),
+                                    [version])
+        return models.SCHEMA_VERSION
+
+    # -- feeding the queue -------------------------------------------------------------------
+
+    @_db_errors
+    def add(self, items: Iterable[tuple[str, str | None]]) -> tuple[int, int]:
+        """Queue (video_id, url) pairs; known IDs are left as they are. Returns (added, known)."""
+        added = known = 0
+        batch: list[tuple[str, str | None]] = []
+
+        def flush() -> None:
+            nonlocal added, known
+            with self.db.atomic():
+                query = models.Video.insert_many(batch, fields=[models.Video.video_id, models.Video.url])
+                cur = self.db.execute(query.on_conflict_ignore())
+                n = max(cur.rowcount, 0)
+            added += n
+            known += len(batch) - n
+            batch.clear()
+
+        seen: set[str] = set()
+        for video_id, url in items:
+            if video_id in seen:
+                known += 1
+                continue
+            seen.add(video_id)
+            batch.append((video_id, url))
+            if len(batch) >= _ADD_BATCH:
+                flush()
+        if batch:
+            flush()
+        return added, known
+
+    # -- claims and leases -------------------------------------------------------------------
+
+    @_db_errors
+    def claim(self, owner: str, limit: int, lease_s: float, *, url_rows_only: bool = False) -> list[Claimed]:
+        """Atomically move up to ``limit`` eligible queued rows to running under a new lease.
+
+        ``url_rows_only`` restricts the claim to rows with their own URL (used while the
+        url_template's site is paused by a throttling back-off).
+        """
+        if limit <= 0:
+            return []
+        token = uuid.uuid4().hex
+        only = " AND url IS NOT NULL" if url_rows_only else ""
+        pick = (f"SELECT id FROM videos WHERE status = 'queued' AND run_after <= {self.now}{only} "
+                "ORDER BY run_after, id LIMIT ?")
+        sets = (f"status = 'running', lease_owner = ?, claim_token = ?, lease_expires = {self.now} + ?, "
+                f"attempts = attempts + 1, updated_at = {self.now}")
+        if self.backend == "postgres":
+            sql = (f"WITH c AS MATERIALIZED ({pick} FOR UPDATE SKIP LOCKED) "
+                   f"UPDATE videos v SET {sets} FROM c WHERE v.id = c.id "
+                   "RETURNING v.id, v.video_id, v.url, v.attempts")
+            params: list[Any] = [limit, owner, token, lease_s]
+        else:
+            sql = f"UPDATE videos SET {sets} WHERE id IN ({pick}) RETURNING id, video_id, url, attempts"
+            params = [owner, token, lease_s, limit]
+        rows, _ = self.write(sql, params)
+        return sorted((Claimed(r[0], r[1], r[2], r[3], token) for r in rows), key=lambda c: c.row_id)
+
+    @_db_errors
+    def renew(self, owner: str, lease_s: float) -> set[tuple[int, str]]:
+        """Extend every lease ``owner`` holds in one statement; returns the (id, token) pairs kept."""
+        rows, _ = self.write(
+            f"UPDATE videos SET lease_expires = {self.now} + ? "
+            "WHERE status = 'running' AND lease_owner = ? RETURNING id, claim_token", [lease_s, owner])
+        return {(r[0], r[1]) for r in rows}
+
+    def _settle(self, row_id: int, token: str, sets: str, params: Sequence[Any]) -> bool:
+        _, n = self.write(
+            f"UPDATE videos SET {sets}, lease_owner = NULL, claim_token = NULL, lease_expires = NULL, "
+            f"updated_at = {self.now} WHERE id = ? AND claim_token = ? AND status = 'running'",
+            [*params, row_id, token])
+        return n == 1
+
+    @_db_errors
+    def finish(self, row_id: int, token: str, *, file_path: str, file_size: int,
+               extractor: str | None) -> bool:
+        """Mark a claimed row done; False when the lease was lost (the result is then discarded)."""
+        return self._settle(row_id, token,
+                            "status = 'done', file_path = ?, file_size = ?, extractor = ?, "
+                            f"found_by = 'download', last_error = NULL, error_kind = NULL, finished_at = {self.now}",
+                            [file_path, file_size, extractor])
+
+    @_db_errors
+    def fail(self, row_id: int, token: str, *, error: str, kind: str) -> bool:
+        """Fail a claimed row for good."""
+        return self._settle(row_id, token,
+                            f"status = 'failed', last_error = ?, error_kind = ?, finished_at = {self.now}",
+                            [error[:2000], kind])
+
+    @_db_errors
+    def retry_later(self, row_id: int, token: str, *, error: str, kind: str, delay_s: float,
+                    max_attempts: int) -> bool:
+        """Back to queued after ``delay_s``, or failed when the attempts are used up."""
+        return self._settle(
+            row_id, token,
+            "status = CASE WHEN attempts >= ? THEN 'failed' ELSE 'queued' END, "
+            f"run_after = {self.now} + ?, last_error = ?, error_kind = ?, "
+            f"finished_at = CASE WHEN attempts >= ? THEN {self.now} ELSE NULL END",
+            [max_attempts, delay_s, error[:2000], kind, max_attempts])
+
+    @_db_errors
+    def release(self, row_id: int, token: str, *, delay_s: float = 0.0, reason: str | None = None) -> bool:
+        """Give a claimed row back without counting the attempt (daemon stop, site pause)."""
+        return self._settle(row_id, token,
+                            f"status = 'queued', attempts = attempts - 1, run_after = {self.now} + ?, "
+                            "last_error = COALESCE(?, last_error)", [delay_s, reason])
+
+    @_db_errors
+    def requeue_expired(self, max_attempts: int) -> int:
+        """Return rows whose lease expired (their daemon died or hung) to the queue."""
+        sets = ("status = CASE WHEN attempts >= ? THEN 'failed' ELSE 'queued' END, "
+                "last_error = 'lease of ' || COALESCE(lease_owner, '?') || ' expired', error_kind = 'crashed', "
+                f"lease_owner = NULL, claim_token = NULL, lease_expires = NULL, run_after = {self.now}, "
+                f"updated_at = {self.now}")
+        where = f"status = 'running' AND lease_expires < {self.now}"
+        if self.backend == "postgres":
+            sql = (f"WITH c AS MATERIALIZED (SELECT id FROM videos WHERE {where} FOR UPDATE SKIP LOCKED) "
+                   f"UPDATE videos v SET {sets} FROM c WHERE v.id = c.id")
+        else:
+            sql = f"UPDATE videos SET {sets} WHERE {where}"
+        _, n = self.write(sql.replace("'?'", "'unknown'"), [max_attempts])
+        return max(n, 0)
+
+    @_db_errors
+    def requeue_owned(self, owners: Sequence[str]) -> int:
+        """Requeue rows leased by owners known to be dead (same host, process gone)."""
+        if not owners:
+            return 0
+        marks = ", ".join("?" for _ in owners)
+        _, n = self.write(
+            "UPDATE videos SET status = 'queued', lease_owner = NULL, claim_token = NULL, "
+            f"lease_expires = NULL, run_after = {self.now}, updated_at = {self.now}, "
+            "last_error = 'previous daemon on this host died', error_kind = 'crashed' "
+            f"WHERE status = 'running' AND lease_owner IN ({marks})", list(owners))
+        return max(n, 0)
+
+    @_db_errors
+    def lease_owners(self) -> list[str]:
+        return [r[0] for r in self.read(
+            "SELECT DISTINCT lease_owner FROM videos WHERE status = 'running' AND lease_owner IS NOT NULL")]
+
+    # -- site back-off (shared by every daemon on the database) ------------------------------
+
+    @_db_errors
+    def pause_site(self, site: str, base_s: float, reason: str) -> float:
+        """Record a throttling answer from ``site``; returns the pause length in seconds."""
+        from .jobs import throttle_delay
+        rows = self.read(f"SELECT strikes, until > {self.now} FROM site_backoff WHERE site = ?", [site])
+        strikes = (rows[0][0] + 1) if rows else 1
+        if rows and rows[0][1]:  # already paused: another worker hit the same wall; keep the pause
+            strikes = rows[0][0]
+        pause = throttle_delay(strikes, base_s)
+        if self.backend == "postgres":
+            upsert = ("INSERT INTO site_backoff (site, until, strikes, reason) VALUES (?, {now} + ?, ?, ?) "
+                      "ON CONFLICT (site) DO UPDATE SET until = EXCLUDED.until, strikes = EXCLUDED.strikes, "
+                      "reason = EXCLUDED.reason")
+        else:
+            upsert = "INSERT OR REPLACE INTO site_backoff (site, until, strikes, reason) VALUES (?, {now} + ?, ?, ?)"
+        self.write(upsert.format(now=self.now), [site, pause, strikes, reason[:500]])
+        return pause
+
+    @_db_errors
+    def site_pauses(self) -> dict[str, float]:
+        """Paused sites and the seconds left of each pause."""
+        return {r[0]: float(r[1]) for r in self.read(
+            f"SELECT site, until - {self.now} FROM site_backoff WHERE until > {self.now}")}
+
+    @_db_errors
+    def clear_site(self, site: str) -> None:
+        """A success from ``site`` ends its strike count (once its pause is over)."""
+        self.write(f"DELETE FROM site_backoff WHERE site = ? AND until <= {self.now}", [site])
+
+    # -- reading and operator actions -----------------------------------------------------------
+
+    @_db_errors
+    def counts(self) -> dict[str, int]:
+        result = {s: 0 for s in models.STATES}
+        for status, n in self.read("SELECT status, count(*) FROM videos GROUP BY status"):
+            result[status] = int(n)
+        return result
+
+    @_db_errors
+    def list_rows(self, status: str | None = None, limit: int | None = None,
+                  video_ids: Sequence[str] | None = None) -> list[dict[str, Any]]:
+        sql = f"SELECT {', '.join(LIST_FIELDS)} FROM videos"
+        params: list[Any] = []
+        clauses = []
+        if status:
+            clauses.append("status = ?")
+            params.append(status)
+        if video_ids:
+            clauses.append(f"video_id IN ({', '.join('?' for _ in video_ids)})")
+            params.extend(video_ids)
+        if clauses:
+            sql += " WHERE " + " AND ".join(clauses)
+        sql += " ORDER BY id"
+        if limit:
+            sql += f" LIMIT {int(limit)}"
+        return [dict(zip(LIST_FIELDS, row)) for row in self.read(sql, params)]
+
+    @_db_errors
+    def retry_failed(self, video_ids: Sequence[str] | None = None) -> int:
+        """Put failed rows (all, or the named ones) back in the queue with fresh attempts."""
+        sql = (f"UPDATE videos SET status = 'queued', attempts = 0, run_after = {self.now}, "
+               f"updated_at = {self.now}, finished_at = NULL WHERE status IN ('failed', 'missing')")
+        params: list[Any] = []
+        if video_ids:
+            sql += f" AND video_id IN ({', '.join('?' for _ in video_ids)})"
+            params = list(video_ids)
+        _, n = self.write(sql, params)
+        if self.backend == "postgres" and n:
+            self.write(f"SELECT pg_notify('{models.NOTIFY_CHANNEL}', '')")
+        return max(n, 0)
+
+    @_db_errors
+    def next_eligible_in(self) -> float | None:
+        """Seconds until the earliest queued row becomes eligible (None: nothing queued)."""
+        rows = self.read(f"SELECT min(run_after) - {self.now} FROM videos WHERE status = 'queued'")
+        return None if not rows or rows[0][0] is None else max(0.0, float(rows[0][0]))
+
+
+def open_store(url: str, *, migrate: bool = True) -> Store:
+    """Connect to ``url`` and bring its schema up to date."""
+    db, backend = make_database(url)
+    models.db_proxy.initialize(db)
+    store = Store(db, backend, url)
+    try:
+        db.connect(reuse_if_open=True)
+    except peewee.OperationalError as exc:
+        raise DatabaseUnavailable(f"cannot open database {redact(url)}: {str(exc).strip()}") from exc
+    if migrate:
+        store.migrate()
+    return store
+
+
+def redact(url: str) -> str:
+    """The URL without its password, for messages."""
+    parts = urlsplit(url)
+    if parts.password:
+        return url.replace(":" + parts.password + "@", ":***@", 1)
+    return url

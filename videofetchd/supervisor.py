@@ -1,0 +1,411 @@
+"""The supervisor: one asyncio loop that claims jobs, dispatches them to slots and records outcomes.
+
+Shared by the daemon and the one-shot ``fetch``. Each pass, in a fixed order: reap finished or
+dead children, enforce stall and job timeouts, keep the database side current (lease renewal,
+expired leases, counts, results held back during an outage), rebuild/recycle/resize slots, then
+claim work for idle slots. All database calls run on one dedicated thread, so a slow or absent
+database never stops the loop from watching its children.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import functools
+import logging
+import random
+import time
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import Any, TypeVar
+
+from .config import Config
+from .errors import DatabaseUnavailable, InvalidVideoId
+from .jobs import ErrorKind, Job, Outcome, backoff_delay, site_of, url_for
+from .slots import Slot
+from .store import Claimed, Store
+
+log = logging.getLogger(__name__)
+T = TypeVar("T")
+
+BUSY_TICK_S = 0.25  # loop period while downloads run: bounds stall-detection latency
+COUNTS_EVERY_S = 2.0
+DB_CALL_TIMEOUT_S = 10.0
+
+
+@dataclass
+class Counters:
+    completed: int = 0
+    failed: int = 0
+    retried: int = 0
+    stalled_killed: int = 0
+    worker_restarts: int = 0
+    recycled: int = 0
+    lost_leases: int = 0
+
+
+@dataclass
+class DbHealth:
+    ok: bool = True
+    error: str | None = None
+    failures: int = 0
+    retry_at: float = 0.0
+    pending: list[tuple[Job, Outcome]] = field(default_factory=list)
+
+
+class Supervisor:
+    def __init__(self, cfg: Config, store: Store, *, node: str, one_shot: bool = False) -> None:
+        self.cfg = cfg
+        self.store = store
+        self.node = node
+        self.one_shot = one_shot
+        self.generation = 1
+        self.slots: list[Slot] = []
+        self.state = "starting"
+        self.paused = False
+        self.stopping = False
+        self.drain_deadline = 0.0
+        self.counters = Counters()
+        self.db_health = DbHealth()
+        self.queue_counts: dict[str, int] = {}
+        self.site_pauses: dict[str, float] = {}  # site -> monotonic end of pause
+        self.deaths: collections.deque[float] = collections.deque()
+        self.crash_pause_until = 0.0
+        self.started_at = time.monotonic()
+        self.last_turn = time.monotonic()
+        self.drained = False
+        self._wake = asyncio.Event()
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._dbx = ThreadPoolExecutor(max_workers=1, thread_name_prefix="videofetchd-db")
+        self._next_claim = 0.0
+        self._renewed_at = self._expired_at = self._counts_at = self._pauses_at = 0.0
+        self._lost: set[int] = set()
+        self._rng = random.Random()
+        self.failures: list[tuple[str, str]] = []  # (video_id, reason) for the one-shot summary
+
+    # -- plumbing -------------------------------------------------------------------------------
+
+    async def db(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
+        loop = asyncio.get_running_loop()
+        call = loop.run_in_executor(self._dbx, functools.partial(fn, *args, **kwargs))
+        try:
+            return await asyncio.wait_for(call, DB_CALL_TIMEOUT_S)
+        except asyncio.TimeoutError:
+            raise DatabaseUnavailable(f"database call {fn.__name__} timed out") from None
+
+    def wake(self, *, claim: bool = False) -> None:
+        """Run a pass now (thread-safe only through loop.call_soon_threadsafe)."""
+        if claim:
+            self._next_claim = 0.0
+        self._wake.set()
+
+    def _db_down(self, exc: DatabaseUnavailable) -> None:
+        h = self.db_health
+        if h.ok:
+            log.error("database unavailable: %s; downloads continue, results are kept", exc)
+        h.ok, h.error = False, str(exc)
+        h.failures += 1
+        h.retry_at = time.monotonic() + min(30.0, 0.5 * 2 ** min(h.failures, 6))
+
+    # -- the loop -------------------------------------------------------------------------------
+
+    async def run(self) -> None:
+        self._loop = asyncio.get_running_loop()
+        for i in range(self.cfg.download.workers):
+            self._add_slot(i)
+        await self._refresh(time.monotonic(), force=True)
+        self.state = "paused" if self.paused else "running"
+        try:
+            while True:
+                now = time.monotonic()
+                self.last_turn = now
+                await self._reap()
+                self._enforce(now)
+                await self._refresh(now)
+                self._maintain_slots()
+                if self.stopping:
+                    if not any(s.busy for s in self.slots):
+                        break
+                    if now >= self.drain_deadline:
+                        for s in self.slots:
+                            if s.busy:
+                                s.kill("daemon stopping", grace=self.cfg.download.kill_grace, now=now)
+                else:
+                    await self._dispatch(now)
+                    if self.one_shot and self.drained:
+                        break
+                self._wake.clear()
+                try:
+                    await asyncio.wait_for(self._wake.wait(), self._timeout(now))
+                except asyncio.TimeoutError:
+                    pass
+        finally:
+            await self._shutdown()
+
+    def _timeout(self, now: float) -> float:
+        if any(s.busy for s in self.slots) or self.stopping:
+            return BUSY_TICK_S
+        return max(0.02, min(self.cfg.database.poll_interval, self._next_claim - now, 1.0))
+
+    def request_stop(self, *, quick: bool = False) -> None:
+        now = time.monotonic()
+        if not self.stopping:
+            self.stopping = True
+            self.state = "stopping"
+            self.drain_deadline = now + (0.0 if quick else self.cfg.download.drain_timeout)
+        elif quick:
+            self.drain_deadline = now
+        self.wake()
+
+    # -- children -------------------------------------------------------------------------------
+
+    def _add_slot(self, index: int) -> None:
+        slot = Slot(index)
+        slot.start(self.cfg.download, self.generation)
+        self.slots.append(slot)
+
+    def _on_done(self, _fut: Any) -> None:
+        """Runs on the executor's thread when a job ends: wake the loop to reap it at once."""
+        if self._loop is not None and not self._loop.is_closed():
+            self._loop.call_soon_threadsafe(functools.partial(self.wake, claim=True))
+
+    async def _reap(self) -> None:
+        for slot in self.slots:
+            if not slot.busy or slot.future is None or not slot.future.done():
+                continue
+            reason = slot.kill_reason
+            job, fut = slot.take_result()
+            exc = fut.exception()
+            if exc is None:
+                outcome: Outcome = fut.result()
+                await self._after_job(slot)
+            else:
+                outcome = self._lost_child(slot, reason, exc)
+                slot.discard()  # rebuilt by _maintain_slots unless stopping or retiring
+                self.counters.worker_restarts += 1
+            if job.row_id in self._lost:
+                self._lost.discard(job.row_id)
+                log.warning("job %s: lease lost to another daemon; result discarded", job.video_id)
+                continue
+            if reason == "daemon stopping" and exc is not None:
+                outcome = Outcome(False, error="daemon stopped", kind=None)
+            await self._record(job, outcome)
+
+    def _lost_child(self, slot: Slot, reason: str | None, exc: BaseException) -> Outcome:
+        if reason is not None:
+            kind = ErrorKind.TIMEOUT if "job_timeout" in reason else ErrorKind.STALLED
+            if kind is ErrorKind.STALLED and reason != "daemon stopping":
+                self.counters.stalled_killed += 1
+            return Outcome(False, error=f"killed: {reason}", kind=kind)
+        now = time.monotonic()
+        self.deaths.append(now)
+        while self.deaths and now - self.deaths[0] > self.cfg.download.crash_window:
+            self.deaths.popleft()
+        if len(self.deaths) >= self.cfg.download.crash_limit and now >= self.crash_pause_until:
+            self.crash_pause_until = now + self.cfg.download.crash_window
+            log.error("%d worker children died within %.0fs; not claiming for %.0fs",
+                      len(self.deaths), self.cfg.download.crash_window, self.cfg.download.crash_window)
+        log.warning("slot %d: child died (%s); its job will be retried", slot.index, exc)
+        return Outcome(False, error=f"worker child died: {exc}", kind=ErrorKind.CRASHED)
+
+    async def _after_job(self, slot: Slot) -> None:
+        """Recycle a child between jobs when it has done enough or grown too big."""
+        d = self.cfg.download
+        rss = slot.rss()
+        if slot.jobs_done >= d.recycle_after_jobs or rss > d.recycle_rss:
+            log.info("slot %d: recycling child %d after %d jobs (RSS %d MiB)", slot.index, slot.pid,
+                     slot.jobs_done, rss >> 20)
+            slot.stop_child()
+            slot.start(d, self.generation)
+            self.counters.recycled += 1
+
+    def _enforce(self, now: float) -> None:
+        for slot in self.slots:
+            if not slot.busy or slot.job_cfg is None:
+                continue
+            d = slot.job_cfg
+            if slot.kill_sent_at is not None:
+                slot.kill(slot.kill_reason or "", grace=d.kill_grace, now=now)
+                continue
+            p = slot.progress(now)
+            limit = d.postprocess_timeout if p.postprocessing else d.stall_timeout
+            if p.last_progress_age_s > limit:
+                slot.kill(f"no progress for {p.last_progress_age_s:.1f}s (stall_timeout {limit:g}s)",
+                          grace=d.kill_grace, now=now)
+            elif now - slot.started_at > d.job_timeout:
+                slot.kill(f"running longer than job_timeout {d.job_timeout:g}s", grace=d.kill_grace, now=now)
+
+    def _maintain_slots(self) -> None:
+        for slot in list(self.slots):
+            if slot.retiring and not slot.busy:
+                slot.stop_child()
+                log.info("slot %d retired after reload", slot.index)
+                self.slots.remove(slot)
+        for slot in self.slots:
+            if slot.executor is None and not self.stopping and not slot.retiring:
+                slot.start(self.cfg.download, self.generation)
+
+    # -- database side --------------------------------------------------------------------------
+
+    async def _record(self, job: Job, outcome: Outcome) -> None:
+        if not self.db_health.ok:
+            self.db_health.pending.append((job, outcome))
+            return
+        try:
+            await self._write_outcome(job, outcome)
+        except DatabaseUnavailable as exc:
+            self._db_down(exc)
+            self.db_health.pending.append((job, outcome))
+
+    async def _write_outcome(self, job: Job, o: Outcome) -> None:
+        d, st = self.cfg.download, self.store
+        if o.ok:
+            kept = await self.db(st.finish, job.row_id, job.claim_token, file_path=o.file_path or "",
+                                 file_size=o.file_size or 0, extractor=o.extractor)
+            self.counters.completed += kept
+            log.info("job %s done: %s (%d bytes)", job.video_id, o.file_path, o.file_size or 0)
+            site = site_of(job.url)
+            if site in self.site_pauses:
+                await self.db(st.clear_site, site)
+        elif o.kind is None:  # daemon stopping: hand the row back, attempt not counted
+            kept = await self.db(st.release, job.row_id, job.claim_token, reason="daemon stopped")
+        elif o.kind in (ErrorKind.PERMANENT, ErrorKind.INVALID):
+            kept = await self.db(st.fail, job.row_id, job.claim_token, error=o.error or "", kind=o.kind.value)
+            self._failed(job, o.error or "")
+        elif o.kind is ErrorKind.THROTTLED:
+            site = site_of(job.url)
+            pause = await self.db(st.pause_site, site, d.throttle_cooldown, o.error or "throttled")
+            self.site_pauses[site] = time.monotonic() + pause
+            log.warning("site %s throttles us (%s); pausing it for %.0fs", site, o.error, pause)
+            kept = await self.db(st.release, job.row_id, job.claim_token, delay_s=pause, reason=o.error)
+        else:
+            delay = backoff_delay(job.attempt, d.retry_backoff, d.retry_backoff_max, self._rng)
+            kept = await self.db(st.retry_later, job.row_id, job.claim_token, error=o.error or "",
+                                 kind=o.kind.value, delay_s=delay, max_attempts=d.max_attempts)
+            if job.attempt >= d.max_attempts:
+                self._failed(job, o.error or "")
+            else:
+                self.counters.retried += 1
+                log.warning("job %s failed (attempt %d/%d, %s): %s; retry in %.0fs", job.video_id,
+                            job.attempt, d.max_attempts, o.kind.value, o.error, delay)
+        if not kept:
+            self.counters.lost_leases += 1
+            log.warning("job %s: lease was lost; its result was not recorded", job.video_id)
+
+    def _failed(self, job: Job, error: str) -> None:
+        self.counters.failed += 1
+        self.failures.append((job.video_id, error))
+        log.error("job %s failed for good (attempt %d): %s", job.video_id, job.attempt, error)
+
+    async def _refresh(self, now: float, *, force: bool = False) -> None:
+        """Lease renewal, expired leases, counts and held-back results, each on its own period."""
+        h, lease = self.db_health, self.cfg.database.lease_duration
+        if not h.ok and now < h.retry_at and not force:
+            return
+        try:
+            if not h.ok:
+                await self.db(self.store.ping)
+                log.info("database is back; recording %d held-back results", len(h.pending))
+                h.ok, h.error, h.failures = True, None, 0
+            while h.pending:
+                job, outcome = h.pending[0]
+                await self._write_outcome(job, outcome)
+                h.pending.pop(0)
+            if force or now - self._renewed_at >= lease / 3:
+                kept = await self.db(self.store.renew, self.node, lease)
+                self._renewed_at = now
+                for slot in self.slots:
+                    if slot.job and (slot.job.row_id, slot.job.claim_token) not in kept \
+                            and slot.kill_sent_at is None:
+                        self._lost.add(slot.job.row_id)
+                        slot.kill("lease lost", grace=self.cfg.download.kill_grace, now=now)
+            if force or now - self._expired_at >= min(lease / 2, 30.0):
+                self._expired_at = now
+                n = await self.db(self.store.requeue_expired, self.cfg.download.max_attempts)
+                if n:
+                    log.warning("returned %d rows with expired leases to the queue", n)
+            if force or now - self._counts_at >= COUNTS_EVERY_S:
+                self._counts_at = now
+                self.queue_counts = await self.db(self.store.counts)
+            if force or now - self._pauses_at >= 10.0:
+                self._pauses_at = now
+                pauses = await self.db(self.store.site_pauses)
+                self.site_pauses = {s: now + left for s, left in pauses.items()}
+        except DatabaseUnavailable as exc:
+            self._db_down(exc)
+
+    async def _dispatch(self, now: float) -> None:
+        idle = [s for s in self.slots if not s.busy and s.executor is not None and not s.retiring]
+        if (not idle or self.paused or not self.db_health.ok or now < self.crash_pause_until
+                or now < self._next_claim):
+            return
+        d = self.cfg.download
+        default_site = site_of(url_for("x", None, d.url_template))
+        url_only = self.site_pauses.get(default_site, 0.0) > now
+        try:
+            claimed = await self.db(self.store.claim, self.node, len(idle), self.cfg.database.lease_duration,
+                                    url_rows_only=url_only)
+            if len(claimed) < len(idle):
+                self._next_claim = now + self.cfg.database.poll_interval
+                if self.one_shot and not claimed and not any(s.busy for s in self.slots):
+                    left = await self.db(self.store.next_eligible_in)
+                    self.drained = left is None
+                    if left is not None:
+                        self._next_claim = now + min(left, self.cfg.database.poll_interval)
+            for c, slot in zip(claimed, idle):
+                await self._start(c, slot, now)
+        except DatabaseUnavailable as exc:
+            self._db_down(exc)
+
+    async def _start(self, c: Claimed, slot: Slot, now: float) -> None:
+        d = self.cfg.download
+        try:
+            url = url_for(c.video_id, c.url, d.url_template)
+        except InvalidVideoId as exc:
+            await self.db(self.store.fail, c.row_id, c.claim_token, error=str(exc), kind=ErrorKind.INVALID.value)
+            self._failed(Job(c.row_id, c.video_id, c.url or "", c.attempt, c.claim_token), str(exc))
+            return
+        site = site_of(url)
+        if self.site_pauses.get(site, 0.0) > now:
+            await self.db(self.store.release, c.row_id, c.claim_token, delay_s=self.site_pauses[site] - now)
+            return
+        job = Job(row_id=c.row_id, video_id=c.video_id, url=url, attempt=c.attempt, claim_token=c.claim_token)
+        try:
+            fut = slot.submit(job, d, self.generation)
+        except RuntimeError:  # the idle child died (BrokenProcessPool): rebuild and try once more
+            slot.discard()
+            self.counters.worker_restarts += 1
+            slot.start(d, self.generation)
+            fut = slot.submit(job, d, self.generation)
+        fut.add_done_callback(self._on_done)
+        log.debug("job %s started on slot %d (attempt %d)", job.video_id, slot.index, job.attempt)
+
+    # -- reload and stop ------------------------------------------------------------------------
+
+    def apply_config(self, new: Config) -> None:
+        """Switch to a validated config: new jobs use it, running jobs keep theirs."""
+        self.cfg = new
+        self.generation += 1
+        active = [s for s in self.slots if not s.retiring]
+        want = new.download.workers
+        for slot in active[want:]:
+            slot.retiring = True
+        next_index = max((s.index for s in self.slots), default=-1) + 1
+        for i in range(max(0, want - len(active))):
+            self._add_slot(next_index + i)
+        self.wake(claim=True)
+
+    async def _shutdown(self) -> None:
+        for slot in self.slots:
+            slot.stop_child()
+        try:
+            while self.db_health.pending:
+                job, outcome = self.db_health.pending[0]
+                await self._write_outcome(job, outcome)
+                self.db_health.pending.pop(0)
+            self.queue_counts = await self.db(self.store.counts)
+        except DatabaseUnavailable as exc:
+            log.error("could not record %d results before exit (%s); their leases will expire",
+                      len(self.db_health.pending), exc)
+        self._dbx.shutdown(wait=False)

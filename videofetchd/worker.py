@@ -1,0 +1,100 @@
+"""Worker child: the code that runs inside each slot's single-process executor.
+
+The child leads its own process group (so a kill reaches ffmpeg too), ignores SIGINT/SIGHUP (the
+parent owns those), dies with its forkserver parent (PR_SET_PDEATHSIG), and reports progress by
+writing a few doubles into shared memory that the parent reads on its own schedule. Progress is
+written only from yt-dlp's hooks, i.e. from real bytes: a timer thread here would hide a hang.
+It never touches the database.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import os
+import signal
+import time
+from collections.abc import MutableSequence
+
+from .config import DownloadConfig
+from .download import PHASE_DOWNLOADING, PHASE_IDLE, Downloader, warm_imports
+from .jobs import ErrorKind, Job, Outcome
+
+# Layout of the per-slot shared array of doubles.
+PID, BEAT, PHASE, DONE_BYTES, TOTAL_BYTES, SPEED, ETA, ROW_ID, JOBS = range(9)
+SHARED_LEN = 9
+_PR_SET_PDEATHSIG = 1
+
+_shared: MutableSequence[float] | None = None
+_downloader: Downloader | None = None
+_generation = -1
+
+
+class _SharedReporter:
+    """Writes progress into the shared array; a beat only when bytes or the phase change."""
+
+    def __init__(self, shared: MutableSequence[float]) -> None:
+        self.shared = shared
+
+    def phase(self, phase: int) -> None:
+        self.shared[PHASE] = phase
+        self.shared[BEAT] = time.monotonic()
+
+    def progress(self, downloaded: float, total: float, speed: float, eta: float) -> None:
+        s = self.shared
+        if downloaded != s[DONE_BYTES] or s[PHASE] != PHASE_DOWNLOADING:
+            s[BEAT] = time.monotonic()
+        s[PHASE] = PHASE_DOWNLOADING
+        s[DONE_BYTES], s[TOTAL_BYTES], s[SPEED], s[ETA] = downloaded, total, speed, eta
+
+
+def init_child(shared: MutableSequence[float]) -> None:
+    """ProcessPoolExecutor initializer: runs once in each new child."""
+    global _shared
+    os.setpgrp()
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGHUP, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    for name in ("NOTIFY_SOCKET", "WATCHDOG_USEC", "WATCHDOG_PID", "LISTEN_FDS", "LISTEN_PID"):
+        os.environ.pop(name, None)  # only the main process may talk to systemd
+    try:
+        ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
+    except (OSError, AttributeError):
+        pass  # not Linux: orphans then finish their current job and exit on the closed pipe
+    _shared = shared
+    shared[PID] = os.getpid()
+    shared[JOBS] = 0
+    shared[PHASE] = PHASE_IDLE
+    shared[BEAT] = time.monotonic()
+
+
+def _downloader_for(cfg: DownloadConfig, generation: int) -> Downloader:
+    global _downloader, _generation
+    assert _shared is not None, "init_child did not run"
+    if _downloader is None or generation != _generation:
+        _downloader = Downloader(cfg, _SharedReporter(_shared))
+        _generation = generation
+    return _downloader
+
+
+def warm(cfg: DownloadConfig, generation: int) -> int:
+    """Build the YoutubeDL for this generation before the first job arrives; returns the pid."""
+    warm_imports()
+    _downloader_for(cfg, generation)
+    return os.getpid()
+
+
+def run_job(job: Job, cfg: DownloadConfig, generation: int) -> Outcome:
+    """Download one job; every yt-dlp failure becomes an Outcome, never an exception."""
+    assert _shared is not None, "init_child did not run"
+    s = _shared
+    s[ROW_ID], s[DONE_BYTES], s[TOTAL_BYTES], s[SPEED], s[ETA] = job.row_id, 0, 0, 0, -1
+    s[BEAT] = time.monotonic()
+    try:
+        os.makedirs(cfg.directory, exist_ok=True)
+        return _downloader_for(cfg, generation).run(job)
+    except Exception as exc:  # noqa: BLE001 - a bug or odd input must cost one job, not the child
+        return Outcome(False, error=f"{type(exc).__name__}: {exc}", kind=ErrorKind.TRANSIENT)
+    finally:
+        s[ROW_ID] = 0
+        s[JOBS] += 1
+        s[PHASE] = PHASE_IDLE
