@@ -173,12 +173,23 @@ class _Loader:
             else:
                 result = _coerce(hint, value)
         except ValueError as exc:
-            raise self.error(path, f"{exc}, got {_show(value)}") from None
+            bound = "" if kind else _bound(f)
+            raise self.error(path, f"{exc}{bound}, got {_show(value)}") from None
         lo, hi = f.metadata.get("min"), f.metadata.get("max")
         if (lo is not None and result < lo) or (hi is not None and result > hi):
-            bound = f">= {lo}" if hi is None else f"between {lo} and {hi}"
-            raise self.error(path, f"expected a value {bound}, got {_show(value)}")
+            what = {"duration": "a duration", "size": "a size"}.get(kind or "") or \
+                {int: "an integer", float: "a number"}.get(hint, "a value")
+            raise self.error(path, f"expected {what}{_bound(f)}, got {_show(value)}")
         return result
+
+
+def _bound(f: dataclasses.Field[Any]) -> str:
+    lo, hi = f.metadata.get("min"), f.metadata.get("max")
+    if lo is not None and hi is not None:
+        return f" between {lo:g} and {hi:g}"
+    if lo is not None:
+        return f" >= {lo:g}"
+    return ""
 
 
 def _coerce(hint: Any, value: Any) -> Any:
@@ -279,6 +290,23 @@ def load(path: str | os.PathLike[str] | None = None, *, missing_ok: bool = False
     except yaml.YAMLError as exc:
         raise ConfigError(f"{path}: invalid YAML: {exc}") from None
     return from_dict(data, path)
+
+
+def control_socket(path: str | os.PathLike[str] | None = None) -> tuple[str, str | None]:
+    """The control socket path even when the file is invalid (so ``videofetchctl status`` can
+    still show a daemon's reload error); returns (socket, problem or None)."""
+    try:
+        return load(path, missing_ok=path is None).control.socket, None
+    except ConfigError as exc:
+        problem = str(exc)
+    try:
+        data = yaml.safe_load(Path(str(path or default_path())).read_text(encoding="utf-8"))
+        value = data["control"]["socket"]
+        if isinstance(value, str) and value:
+            return value, problem
+    except (OSError, yaml.YAMLError, KeyError, TypeError, UnicodeDecodeError):
+        pass
+    return ControlConfig().socket, problem
 
 
 def restart_required(old: Config, new: Config) -> list[str]:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import dataclasses
 import json
 import logging
 import socket
@@ -218,6 +219,7 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+SOCKET_COMMANDS = ("status", "reload", "pause", "resume")
 COMMANDS = {"status": cmd_status, "reload": cmd_simple, "pause": cmd_simple, "resume": cmd_simple,
             "add": cmd_add, "list": cmd_list, "retry": cmd_retry, "fetch": cmd_fetch}
 
@@ -226,8 +228,15 @@ def main(argv: list[str] | None = None, out: TextIO | None = None) -> int:
     args = build_parser().parse_args(argv)
     args.verbose = getattr(args, "verbose", False)
     out = out or sys.stdout
+    path = getattr(args, "config", None)
     try:
-        cfg = config_mod.load(getattr(args, "config", None), missing_ok=getattr(args, "config", None) is None)
+        if args.command in SOCKET_COMMANDS:
+            sock, problem = config_mod.control_socket(path)
+            if problem:
+                print(f"videofetchctl: warning: {problem}", file=sys.stderr)
+            cfg = dataclasses.replace(config_mod.Config(), control=config_mod.ControlConfig(socket=sock))
+            return COMMANDS[args.command](args, cfg, out)
+        cfg = config_mod.load(path, missing_ok=path is None)
         if args.command not in COMMANDS:
             from .scan_cli import SCAN_COMMANDS
             return SCAN_COMMANDS[args.command](args, cfg, out)

@@ -21,7 +21,6 @@ import peewee
 
 from . import models
 from .errors import ConfigError, DatabaseUnavailable
-from .models import JobState
 
 T = TypeVar("T")
 _ADD_BATCH = 500
