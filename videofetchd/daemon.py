@@ -60,12 +60,18 @@ class Daemon:
         })
         await self.server.start()
         task = asyncio.create_task(sup.run(), name="supervisor")
+        listener = None
+        if store.backend == "postgres":
+            from .listen import PgListener
+            listener = asyncio.create_task(PgListener(self.cfg.database.url, self._notified).run())
         try:
             await self._wait_ready(task)
             log.info("videofetchd ready as %s with %d workers", node, len(sup.slots))
             self.notifier.ready(self._status_line())
             await self._main_loop(task)
         finally:
+            if listener is not None:
+                listener.cancel()
             if not task.done():
                 sup.request_stop(quick=True)
             await asyncio.gather(task, return_exceptions=True)
@@ -83,6 +89,10 @@ class Daemon:
             if task.done() or time.monotonic() > deadline:
                 break
             await asyncio.sleep(0.02)
+
+    def _notified(self) -> None:
+        if self.sup is not None:
+            self.sup.wake(claim=True)
 
     def _record_signal(self, sig: int) -> None:
         self.signals.append(sig)

@@ -101,7 +101,7 @@ class Downloader:
         try:
             info = self.ydl.extract_info(job.url, download=True)
         except DownloadError as exc:
-            return _failure(_reason(exc, self.logger.errors))
+            return _failure(_reason(exc, self.logger.errors), _http_status(exc))
         except yt_dlp.utils.YoutubeDLError as exc:
             return _failure(str(exc))
         finally:
@@ -142,8 +142,15 @@ def _reason(exc: BaseException | None, errors: list[str]) -> str:
     return text.replace("ERROR: ", "", 1).strip() or (type(exc).__name__ if exc else "")
 
 
-def _failure(message: str) -> Outcome:
-    return Outcome(False, error=message, kind=classify(message))
+def _http_status(exc: DownloadError) -> int | None:
+    """The HTTP status behind a yt-dlp error, when there is one (exc_info carries the cause)."""
+    cause = (getattr(exc, "exc_info", None) or (None, None, None))[1]
+    status = getattr(cause, "status", None)
+    return status if isinstance(status, int) else None
+
+
+def _failure(message: str, http_status: int | None = None) -> Outcome:
+    return Outcome(False, error=message, kind=classify(message, http_status))
 
 
 def warm_imports() -> None:

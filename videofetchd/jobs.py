@@ -107,7 +107,7 @@ def site_of(url: str) -> str:
 
 
 _PERMANENT = re.compile(
-    r"HTTP Error 40[0-4]|HTTP Error 410|HTTP Error 451|Video unavailable|This video is private|"
+    r"HTTP Error 40[0124]|HTTP Error 410|HTTP Error 451|Video unavailable|This video is private|"
     r"Private video|has been removed|no longer available|account .*terminated|"
     r"Unsupported URL|is not a valid URL|members-only|This video is only available|"
     r"copyright claim|age-restricted|not available in your country|Premieres in|"
@@ -118,8 +118,19 @@ _THROTTLED = re.compile(
     r"sign in to confirm|temporarily blocked", re.IGNORECASE)
 
 
-def classify(message: str) -> ErrorKind:
-    """Sort a yt-dlp error message into permanent, throttled or transient."""
+#: HTTP statuses that mean the video cannot be had; 403 is not among them (signed media URLs
+#: expire and answer 403, and a retry with a fresh extraction succeeds)
+PERMANENT_STATUSES = frozenset({400, 401, 404, 410, 451})
+
+
+def classify(message: str, http_status: int | None = None) -> ErrorKind:
+    """Sort a yt-dlp error into permanent, throttled or transient, by HTTP status when known."""
+    if http_status == 429:
+        return ErrorKind.THROTTLED
+    if http_status in PERMANENT_STATUSES:
+        return ErrorKind.PERMANENT
+    if http_status is not None and (http_status >= 500 or http_status == 403):
+        return ErrorKind.TRANSIENT
     if _THROTTLED.search(message):
         return ErrorKind.THROTTLED
     if _PERMANENT.search(message):

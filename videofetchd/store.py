@@ -72,7 +72,9 @@ def make_database(url: str) -> tuple[peewee.Database, str]:
         unquote(parts.path.lstrip("/")) or "postgres", host=parts.hostname or None,
         port=parts.port or None, user=unquote(parts.username) if parts.username else None,
         password=unquote(parts.password) if parts.password else None,
-        connect_timeout=5, application_name="videofetchd")
+        connect_timeout=5, application_name="videofetchd",
+        # a dead server or network must surface as an error, not a call that hangs forever
+        keepalives=1, keepalives_idle=10, keepalives_interval=5, keepalives_count=3)
     return db, "postgres"
 
 
