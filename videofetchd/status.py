@@ -46,7 +46,8 @@ def snapshot(sup: Supervisor, info: ConfigInfo) -> dict[str, Any]:
     workers = []
     for slot in sorted(sup.slots, key=lambda s: s.index):
         w: dict[str, Any] = {"slot": slot.index, "pid": slot.pid or None,
-                             "state": "busy" if slot.busy else ("idle" if slot.executor else "restarting")}
+                             "state": "busy" if slot.busy else ("idle" if slot.executor and slot.pid
+                                                                else "restarting")}
         if slot.job is not None:
             p = slot.progress(now)
             w.update(video_id=slot.job.video_id, attempt=slot.job.attempt, phase=p.phase,

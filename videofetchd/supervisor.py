@@ -179,7 +179,10 @@ class Supervisor:
             exc = fut.exception()
             if exc is None:
                 outcome: Outcome = fut.result()
-                await self._after_job(slot)
+                if slot.kill_sent_at is not None:  # finished just as we killed it: the child is dying
+                    slot.discard()
+                else:
+                    await self._after_job(slot)
             else:
                 outcome = self._lost_child(slot, reason, exc)
                 slot.discard()  # rebuilt by _maintain_slots unless stopping or retiring
