@@ -11,10 +11,12 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import math
 import os
 import re
 import socket
 import types
+import urllib.parse
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Union, get_args, get_origin, get_type_hints
@@ -83,7 +85,7 @@ class ScanConfig:
 @dataclass(frozen=True)
 class ControlConfig:
     socket: str = "/run/videofetchd/control.sock"
-    mode: str = "0660"
+    mode: str = field(default="0660", metadata={"kind": "mode"})
 
 
 @dataclass(frozen=True)
@@ -165,6 +167,8 @@ class _Loader:
         kind = f.metadata.get("kind")
         if dataclasses.is_dataclass(hint):
             return self.build(hint, value, path)  # type: ignore[arg-type]
+        if kind == "mode" and isinstance(value, int) and not isinstance(value, bool):
+            value = format(value, "04o")  # YAML 1.1 read an unquoted 0660 as the octal number 432
         try:
             if kind == "duration":
                 result: Any = parse_duration(value)
@@ -175,6 +179,8 @@ class _Loader:
         except ValueError as exc:
             bound = "" if kind else _bound(f)
             raise self.error(path, f"{exc}{bound}, got {_show(value)}") from None
+        if isinstance(result, float) and not math.isfinite(result):
+            raise self.error(path, f"expected a finite value, got {_show(value)}")
         lo, hi = f.metadata.get("min"), f.metadata.get("max")
         if (lo is not None and result < lo) or (hi is not None and result > hi):
             what = {"duration": "a duration", "size": "a size"}.get(kind or "") or \
@@ -239,10 +245,10 @@ def _validate(cfg: Config, loader: _Loader) -> None:
                            f"got {cfg.logging.level!r}")
     if not re.fullmatch(r"0?[0-7]{3}", cfg.control.mode):
         raise loader.error("control.mode", f"expected an octal mode such as \"0660\", got {cfg.control.mode!r}")
-    url = cfg.database.url
-    if not (url.startswith("sqlite:///") or url.startswith(("postgresql://", "postgres://"))):
-        raise loader.error("database.url", "expected sqlite:///PATH or postgresql://user@host:port/db, "
-                           f"got {url!r}")
+    try:
+        parse_database_url(cfg.database.url)
+    except ValueError as exc:
+        raise loader.error("database.url", str(exc)) from None
     try:
         sample = cfg.download.url_template.format(id="abc")
     except (KeyError, IndexError, ValueError):
@@ -260,6 +266,27 @@ def _validate(cfg: Config, loader: _Loader) -> None:
             raise loader.error("scan.id_pattern", f"invalid regular expression: {exc}") from None
         if "id" not in rx.groupindex:
             raise loader.error("scan.id_pattern", "needs a named group (?P<id>...)")
+
+
+def parse_database_url(url: str) -> tuple[str, dict[str, Any]]:
+    """("sqlite", {"path"}) or ("postgres", {"dbname", "host", "port", "user", "password"});
+    ValueError with a message fit for the user when the URL cannot work."""
+    if url.startswith("sqlite:///"):
+        path = urllib.parse.unquote(url[len("sqlite:///"):])
+        if not path:
+            raise ValueError("sqlite URL has no path: use sqlite:////absolute/path.db")
+        return "sqlite", {"path": path}
+    parts = urllib.parse.urlsplit(url)
+    if parts.scheme not in ("postgresql", "postgres"):
+        raise ValueError(f"expected sqlite:///PATH or postgresql://user@host:port/db, got {url!r}")
+    try:
+        port = parts.port
+    except ValueError:
+        raise ValueError(f"invalid port in {url!r}") from None
+    unq = urllib.parse.unquote
+    return "postgres", {"dbname": unq(parts.path.lstrip("/")) or "postgres", "host": parts.hostname or None,
+                        "port": port, "user": unq(parts.username) if parts.username else None,
+                        "password": unq(parts.password) if parts.password else None}
 
 
 def from_dict(data: Any, source: str = "<config>") -> Config:

@@ -225,7 +225,14 @@ COMMANDS = {"status": cmd_status, "reload": cmd_simple, "pause": cmd_simple, "re
 
 
 def main(argv: list[str] | None = None, out: TextIO | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args, extra = parser.parse_known_args(argv)
+    if extra:
+        # YouTube IDs may start with '-' (-8LkfJYfx2Q): for `add`, anything argparse does not know
+        # is an ID to validate like the others; elsewhere it is a usage error
+        if args.command != "add" or any(a.startswith("--") and "=" not in a and len(a) > 2 for a in extra):
+            parser.error(f"unrecognized arguments: {' '.join(extra)}")
+        args.items = [*args.items, *extra]
     args.verbose = getattr(args, "verbose", False)
     out = out or sys.stdout
     path = getattr(args, "config", None)

@@ -44,6 +44,7 @@ class Daemon:
         self.store: Store | None = None
         self.sup: Supervisor | None = None
         self.server: ControlServer | None = None
+        self.scan_task: asyncio.Task[None] | None = None
 
     async def run(self) -> int:
         loop = asyncio.get_running_loop()
@@ -68,10 +69,12 @@ class Daemon:
             await self._wait_ready(task)
             log.info("videofetchd ready as %s with %d workers", node, len(sup.slots))
             self.notifier.ready(self._status_line())
+            self._start_scan(self.cfg)
             await self._main_loop(task)
         finally:
-            if listener is not None:
-                listener.cancel()
+            for extra in (listener, self.scan_task):
+                if extra is not None:
+                    extra.cancel()
             if not task.done():
                 sup.request_stop(quick=True)
             await asyncio.gather(task, return_exceptions=True)
@@ -110,7 +113,7 @@ class Daemon:
             now = time.monotonic()
             if period is not None and now >= next_ping:
                 # ping only while the supervisor loop is really turning
-                if now - sup.last_turn < period:
+                if sup.healthy(now):
                     self.notifier.watchdog()
                 next_ping = now + period
             if now >= next_status:
@@ -144,6 +147,9 @@ class Daemon:
     async def _reload(self) -> dict[str, Any]:
         assert self.sup is not None
         sup = self.sup
+        if sup.stopping:
+            log.info("reload ignored: stopping")
+            return {"ok": False, "error": "daemon is stopping"}
         self.notifier.reloading()
         before = sup.state
         sup.state = "reloading"
@@ -156,7 +162,8 @@ class Daemon:
         finally:
             sup.state = before
             self.notifier.ready(self._status_line())
-        restart = config_mod.restart_required(self.cfg, new)
+        old = self.cfg
+        restart = config_mod.restart_required(old, new)
         if restart:
             log.warning("reload: %s changed; this needs a restart, the old values stay", ", ".join(restart))
             new = dataclasses.replace(new, database=self.cfg.database, control=self.cfg.control)
@@ -170,7 +177,34 @@ class Daemon:
         log.info("configuration generation %d loaded from %s (%d workers)", self.info.generation,
                  self.info.path, new.download.workers)
         self.notifier.status(self._status_line())
+        if new.scan.directories != old.scan.directories:
+            self._start_scan(new)
         return {"ok": True, "generation": self.info.generation, "restart_required": restart}
+
+    def _start_scan(self, cfg: Config) -> None:
+        """Scan ``scan.directories`` in the background (start-up, and reloads that change them)."""
+        if not cfg.scan.directories or self.store is None:
+            return
+        if self.scan_task is not None and not self.scan_task.done():
+            log.info("a scan is already running; the new directory list is scanned next start or reload")
+            return
+        self.scan_task = asyncio.create_task(self._scan(cfg), name="scan")
+
+    async def _scan(self, cfg: Config) -> None:
+        from .errors import VideofetchdError
+        from .scan import scan_into_store
+        store = self.store
+        assert store is not None
+        loop = asyncio.get_running_loop()
+        try:
+            report = await loop.run_in_executor(
+                None, lambda: scan_into_store(store, list(cfg.scan.directories), cfg.scan))
+        except VideofetchdError as exc:
+            log.error("scan of %s refused: %s", ", ".join(cfg.scan.directories), exc)
+            return
+        log.info("scan of %s: %s", ", ".join(cfg.scan.directories), report.summary())
+        if self.sup is not None:
+            self.sup.wake(claim=True)
 
     def _status_line(self) -> str:
         sup = self.sup

@@ -9,6 +9,7 @@ wires to shared memory the parent reads; nothing here touches the database.
 from __future__ import annotations
 
 import os
+import re
 from typing import Any, Protocol
 
 import yt_dlp
@@ -139,7 +140,11 @@ def _reason(exc: BaseException | None, errors: list[str]) -> str:
     text = str(exc) if exc is not None else ""
     if not text and errors:
         text = errors[-1]
-    return text.replace("ERROR: ", "", 1).strip() or (type(exc).__name__ if exc else "")
+    text = text.replace("ERROR: ", "", 1).strip()
+    # "[generic] abc: Unable to ..." -> "Unable to ...": the row already names the video, and
+    # equal reasons must compare equal for the one-shot summary
+    text = re.sub(r"^\[[\w:.-]+\] [^:\s]+: ", "", text)
+    return text or (type(exc).__name__ if exc else "")
 
 
 def _http_status(exc: DownloadError) -> int | None:

@@ -145,10 +145,10 @@ def backoff_delay(attempt: int, base: float, cap: float, rng: random.Random | No
     but none comes back sooner than half its nominal delay.
     """
     rng = rng or random.Random()
-    nominal = min(cap, base * (2 ** max(0, attempt - 1)))
+    nominal = min(cap, base * (2 ** min(max(0, attempt - 1), 60)))
     return nominal / 2 + rng.uniform(0, nominal / 2)
 
 
 def throttle_delay(strikes: int, base: float, cap: float = 24 * 3600.0) -> float:
     """Site-wide pause after ``strikes`` consecutive throttling answers: doubles while it repeats."""
-    return min(cap, base * (2 ** max(0, strikes - 1)))
+    return min(cap, base * (2 ** min(max(0, strikes - 1), 60)))

@@ -1,16 +1,18 @@
 """Queries behind the library scanner and the download-archive commands (SQLite and PostgreSQL).
 
-Every function takes an open ``Store`` and runs plain SQL through it; batches run as one
-transaction each. This module decides nothing about files: callers classify and pass rows in.
-It must not walk directories, read sidecars or import yt-dlp.
+Every function takes an open ``Store`` and runs plain SQL through it; each batch is one
+transaction. The rules for what a found file or an archive line does to a row live here; finding
+files does not: this module must not walk directories, read sidecars or import yt-dlp (its one
+file check is whether a done row's stored file still exists when a second copy turns up).
 """
 
 from __future__ import annotations
 
 import functools
+import os
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass
-from typing import Any, TypeVar
+from operator import itemgetter
+from typing import Any, NamedTuple, TypeVar
 
 import peewee
 
@@ -18,25 +20,18 @@ from .errors import DatabaseUnavailable
 from .store import Store
 
 T = TypeVar("T")
-PAGE_ROWS = 1000  #: rows per reconcile page / per multi-row statement
+PAGE_ROWS = 1000  #: rows per statement and per reconcile page (7000 parameters: SQLite >= 3.32 allows 32766)
 
 
-@dataclass(frozen=True)
-class KnownRow:
+class KnownRow(NamedTuple):
     status: str
     file_path: str | None
     file_size: int | None
 
 
-@dataclass(frozen=True)
-class DoneFile:
-    """A file the scanner recognised: the row it makes ``done``."""
-
-    video_id: str
-    file_path: str | None
-    file_size: int | None
-    found_by: str
-    extractor: str | None
+#: a row to make ``done``: (video_id, file_path, file_size, found_by, extractor); plain tuples
+#: because the scanner makes one per file and a tuple costs a fraction of a NamedTuple
+DoneFile = tuple[str, str | None, int | None, str, str | None]
 
 
 def _db_errors(fn: Callable[..., T]) -> Callable[..., T]:
@@ -61,22 +56,18 @@ def _marks(n: int, store: Store) -> str:
 
 
 def _lookup(store: Store, video_ids: Sequence[str]) -> dict[str, KnownRow]:
-    if not video_ids:
-        return {}
-    cur = store.db.execute_sql(
-        f"SELECT video_id, status, file_path, file_size FROM videos WHERE video_id IN "
-        f"({_marks(len(video_ids), store)})", list(video_ids))
-    return {r[0]: KnownRow(r[1], r[2], r[3]) for r in cur.fetchall()}
+    known: dict[str, KnownRow] = {}
+    for start in range(0, len(video_ids), PAGE_ROWS):
+        chunk = video_ids[start:start + PAGE_ROWS]
+        cur = store.db.execute_sql(
+            "SELECT video_id, status, file_path, file_size FROM videos WHERE video_id IN "
+            f"({_marks(len(chunk), store)})", list(chunk))
+        known.update((r[0], KnownRow(r[1], r[2], r[3])) for r in cur)
+    return known
 
 
 def _now(store: Store) -> float:
     return float(store.db.execute_sql(f"SELECT {store.now}").fetchone()[0])
-
-
-@_db_errors
-def lookup(store: Store, video_ids: Sequence[str]) -> dict[str, KnownRow]:
-    """The current state of the rows named (unknown IDs are absent from the result)."""
-    return _lookup(store, video_ids)
 
 
 # -- scan batches --------------------------------------------------------------------------------
@@ -97,21 +88,21 @@ def _upsert_done(store: Store, rows: Sequence[DoneFile], now: float, only_status
         values = ", ".join([f"({p}, 'done', {p}, {p}, {p}, {p}, {p}, {p})"] * len(chunk))
         params: list[Any] = []
         for r in chunk:
-            params += [r.video_id, r.file_path, r.file_size, r.found_by, r.extractor, now, now]
+            params += r
+            params += (now, now)
         store.db.execute_sql(
             "INSERT INTO videos (video_id, status, file_path, file_size, found_by, extractor, "
             f"finished_at, updated_at) VALUES {values} ON CONFLICT (video_id) DO UPDATE SET "
             f"{_UPSERT_SETS} WHERE videos.status IN ({guard})", params)
 
 
-@_db_errors
-def apply_batch(store: Store, decide: Callable[[dict[str, KnownRow]], list[DoneFile]],
-                video_ids: Sequence[str], *, dry_run: bool = False,
-                only_status: Sequence[str] = ("queued", "failed", "missing", "done")) -> None:
+def _apply(store: Store, decide: Callable[[dict[str, KnownRow]], list[DoneFile]], video_ids: Sequence[str],
+           *, dry_run: bool, only_status: Sequence[str]) -> None:
     """Read the rows of ``video_ids``, let ``decide`` pick the rows to write, write them: one transaction.
 
-    The write is additionally guarded by ``only_status`` (never ``running``), so a row claimed by a
-    daemon on another host between the read and the write is left to that daemon.
+    The write is also guarded by ``only_status`` (never ``running``), so a row claimed by a daemon on
+    another host between the read and the write is left to that daemon. Rows are written in
+    ``video_id`` order: neighbouring keys share index pages, which halves the cost of a large batch.
     """
     if dry_run:
         decide(_lookup(store, video_ids))
@@ -119,7 +110,83 @@ def apply_batch(store: Store, decide: Callable[[dict[str, KnownRow]], list[DoneF
     with _tx(store):
         writes = decide(_lookup(store, video_ids))
         if writes:
+            writes.sort(key=itemgetter(0))
             _upsert_done(store, writes, _now(store), only_status)
+
+
+@_db_errors
+def record_files(store: Store, files: Sequence[DoneFile], counts: dict[str, int], *, dry_run: bool = False) -> int:
+    """Make the rows of recognised files done; one transaction. Adds to ``counts``; returns how many
+    rows now point at one of ``files`` (the reconcile short-cut).
+
+    Unknown ID: a new done row. queued/failed/missing: done with this file. running: left alone.
+    done with this path: nothing (size refreshed if it changed). done with another path: if that
+    file still exists this one is a duplicate and the row keeps its file, else the row moves here
+    (also when it had no path, as archive imports have).
+    """
+    batch: dict[str, DoneFile] = {}
+    for f in files:
+        batch.setdefault(f[0], f)
+    c = dict.fromkeys(("created", "marked_done", "skipped_running", "already_done", "moved", "matched"), 0)
+    c["duplicates"] = len(files) - len(batch)
+
+    def decide(known: dict[str, KnownRow]) -> list[DoneFile]:
+        writes = []
+        for vid, f in batch.items():
+            row = known.get(vid)
+            if row is None:
+                c["created"] += 1
+                c["marked_done"] += 1
+            elif row.status == "running":
+                c["skipped_running"] += 1
+                continue
+            elif row.status != "done":
+                c["marked_done"] += 1
+            elif row.file_path == f[1]:
+                c["already_done"] += 1
+                c["matched"] += 1
+                if row.file_size != f[2]:
+                    writes.append(f)
+                continue
+            elif row.file_path and os.path.exists(row.file_path):
+                c["duplicates"] += 1
+                continue
+            else:
+                c["already_done"] += 1
+                c["moved"] += bool(row.file_path)
+            c["matched"] += 1
+            writes.append(f)
+        return writes
+
+    _apply(store, decide, list(batch), dry_run=dry_run, only_status=("queued", "failed", "missing", "done"))
+    matched = c.pop("matched")
+    for key, n in c.items():
+        counts[key] = counts.get(key, 0) + n
+    return matched
+
+
+@_db_errors
+def record_archive(store: Store, entries: dict[str, str], counts: dict[str, int]) -> None:
+    """Make archive entries (video_id -> extractor) done without a file; one transaction.
+
+    Unknown IDs and queued/failed rows become done with found_by 'archive'. Done rows stay as they
+    are; running rows are being fetched; missing rows are a loss to look at, not to hide.
+    """
+    def decide(known: dict[str, KnownRow]) -> list[DoneFile]:
+        writes: list[DoneFile] = []
+        for vid, extractor in entries.items():
+            row = known.get(vid)
+            if row is not None and row.status == "done":
+                counts["already_done"] = counts.get("already_done", 0) + 1
+            elif row is not None and row.status not in ("queued", "failed"):
+                counts["left"] = counts.get("left", 0) + 1
+            else:
+                counts["imported"] = counts.get("imported", 0) + 1
+                counts["created"] = counts.get("created", 0) + (row is None)
+                writes.append((vid, None, None, "archive", extractor))
+        return writes
+
+    _apply(store, decide, list(entries), dry_run=False, only_status=("queued", "failed"))
 
 
 # -- reconcile -----------------------------------------------------------------------------------

@@ -13,7 +13,7 @@ A later scan that finds the file fills in its path; reconcile never marks such r
 Exporting writes every done row; a row without a stored extractor (found by a filename or
 pattern) gets the extractor of ``download.url_template``'s site (``youtube`` for the default),
 overridable with ``--extractor``. Rows keyed by a URL hash (``url-...``) have no extractor ID
-and are left out.
+and are left out. The file is replaced atomically; ``-`` writes to stdout.
 """
 
 from __future__ import annotations
@@ -22,17 +22,20 @@ import argparse
 import json
 import os
 import sys
-import tempfile
 from typing import Any, Callable, TextIO
 from urllib.parse import urlsplit
 
 from .config import Config
-from .errors import EXIT_OK, EXIT_USAGE, InvalidVideoId
+from .errors import EXIT_OK, EXIT_USAGE, InvalidVideoId, VideofetchdError
 
 #: url_template host -> yt-dlp extractor key (lowercased) for sites whose key is not the host's name
 _SITE_EXTRACTORS = {"youtube.com": "youtube", "youtu.be": "youtube", "m.youtube.com": "youtube",
                     "music.youtube.com": "youtube", "youtube-nocookie.com": "youtube"}
 ARCHIVE_BATCH = 1000
+
+
+class ArchiveError(VideofetchdError):
+    """An archive file cannot be written."""
 
 
 def cmd_scan(args: argparse.Namespace, cfg: Config, out: TextIO) -> int:
@@ -41,15 +44,22 @@ def cmd_scan(args: argparse.Namespace, cfg: Config, out: TextIO) -> int:
         raise InvalidVideoId("scan: give directories, or set scan.directories in the configuration")
     from .logs import setup_logging
     setup_logging(cfg.logging.level, verbose=args.verbose)
-    from .scan import scan_into_store
+    from .scan import ScanReport, ScanRootError, scan_into_store
     from .store import open_store
+
+    def show(report: ScanReport) -> None:
+        out.write(json.dumps(report.to_dict(), indent=1) + "\n" if args.json else report.summary() + "\n")
+
     store = open_store(cfg.database.url)
     try:
-        report = scan_into_store(store, dirs, cfg.scan, dry_run=args.dry_run, reconcile=not args.no_reconcile,
-                                 allow_empty=args.allow_empty)
+        show(scan_into_store(store, dirs, cfg.scan, dry_run=args.dry_run, reconcile=not args.no_reconcile,
+                             allow_empty=args.allow_empty))
+    except ScanRootError as exc:
+        if exc.report is not None:  # files were recorded before the guard refused to reconcile
+            show(exc.report)
+        raise
     finally:
         store.close()
-    out.write(json.dumps(report.to_dict(), indent=1) + "\n" if args.json else report.summary() + "\n")
     return EXIT_OK
 
 
@@ -60,7 +70,9 @@ def extractor_for_site(url_template: str) -> str:
     if host in _SITE_EXTRACTORS:
         return _SITE_EXTRACTORS[host]
     labels = host.split(".")
-    return labels[-2] if len(labels) >= 2 else (host or "generic")
+    if len(labels) < 2 or labels[-1].isdigit() or ":" in host:  # an IP address: yt-dlp's generic extractor
+        return "generic"
+    return labels[-2]
 
 
 def parse_archive_line(line: str) -> tuple[str, str] | None:
@@ -78,27 +90,10 @@ def parse_archive_line(line: str) -> tuple[str, str] | None:
 
 
 def cmd_import_archive(args: argparse.Namespace, cfg: Config, out: TextIO) -> int:
-    from .library import DoneFile, KnownRow, apply_batch
+    from .library import record_archive
     from .store import open_store
-    counts = {"imported": 0, "created": 0, "already_done": 0, "left": 0, "refused": 0}
+    counts = dict.fromkeys(("imported", "created", "already_done", "left", "refused"), 0)
     bad: list[str] = []
-
-    def decide(batch: dict[str, str], known: dict[str, KnownRow]) -> list[DoneFile]:
-        writes = []
-        for vid, extractor in batch.items():
-            row = known.get(vid)
-            if row is not None and row.status == "done":
-                counts["already_done"] += 1
-            elif row is not None and row.status not in ("queued", "failed"):
-                counts["left"] += 1  # running (being fetched) or missing (a loss to look at, not hide)
-            else:
-                counts["imported"] += 1
-                counts["created"] += row is None
-                writes.append(DoneFile(vid, None, None, "archive", extractor))
-        return writes
-
-    def flush(batch: dict[str, str]) -> None:
-        apply_batch(store, lambda known: decide(batch, known), list(batch), only_status=("queued", "failed"))
 
     try:
         stream = sys.stdin if args.file == "-" else open(args.file, encoding="utf-8", errors="replace")
@@ -119,9 +114,10 @@ def cmd_import_archive(args: argparse.Namespace, cfg: Config, out: TextIO) -> in
                 if item is not None:
                     batch.setdefault(item[1], item[0])
                 if len(batch) >= ARCHIVE_BATCH:
-                    flush(batch)
+                    record_archive(store, batch, counts)
                     batch = {}
-            flush(batch)
+            if batch:
+                record_archive(store, batch, counts)
     finally:
         store.close()
     for msg in bad:
@@ -139,38 +135,43 @@ def cmd_export_archive(args: argparse.Namespace, cfg: Config, out: TextIO) -> in
     from .store import open_store
     fallback = (args.extractor or extractor_for_site(cfg.download.url_template)).lower()
     written = skipped = 0
-    store = open_store(cfg.database.url)
     target = None if args.file == "-" else os.path.abspath(args.file)
-    fd, tmp = (None, None) if target is None else \
-        tempfile.mkstemp(prefix=".archive-", dir=os.path.dirname(target))
+    tmp = None
     try:
-        sink: TextIO = sys.stdout if fd is None else open(fd, "w", encoding="utf-8")
+        if target is None:
+            sink: TextIO = sys.stdout
+        else:  # written next to the target, then renamed: readers never see a half-written archive
+            import tempfile
+            fd, tmp = tempfile.mkstemp(prefix=".archive-", dir=os.path.dirname(target))
+            sink = open(fd, "w", encoding="utf-8")
+        store = open_store(cfg.database.url)
         try:
             for page in iter_done_for_archive(store):
                 lines = []
                 for vid, extractor in page:
-                    if vid.startswith("url-") and not extractor:
+                    if vid.startswith("url-"):  # keyed by a URL hash: no extractor ID to write
                         skipped += 1
                         continue
                     lines.append(f"{(extractor or fallback).lower()} {vid}\n")
                 sink.write("".join(lines))
                 written += len(lines)
         finally:
+            store.close()
             if sink is not sys.stdout:
                 sink.close()
         if tmp is not None and target is not None:
             os.chmod(tmp, 0o644)
-            os.replace(tmp, target)  # readers never see a half-written archive
+            os.replace(tmp, target)
             tmp = None
+    except OSError as exc:
+        raise ArchiveError(f"cannot write {args.file}: {exc.strerror or exc}") from None
     finally:
-        store.close()
         if tmp is not None:
             os.unlink(tmp)
     message = {"written": written, "skipped": skipped, "file": args.file}
     where = sys.stderr if args.file == "-" else out
-    where.write(json.dumps(message) + "\n" if args.json else
-                f"exported {written} done rows to {args.file}" + (f", skipped {skipped} URL-only rows" if skipped
-                                                                   else "") + "\n")
+    text = f"exported {written} done rows to {args.file}" + (f", skipped {skipped} URL-only rows" if skipped else "")
+    where.write((json.dumps(message) if args.json else text) + "\n")
     return EXIT_OK
 
 

@@ -72,7 +72,7 @@ class Slot:
         """Create the child now and warm its YoutubeDL, so the first job starts at once."""
         self.shared[worker.PID] = 0
         self.executor = ProcessPoolExecutor(max_workers=1, mp_context=mp_context(),
-                                            initializer=worker.init_child, initargs=(self.shared,))
+                                            initializer=worker.init_child, initargs=(self.shared, os.getpid()))
         self.generation = generation
         self.executor.submit(worker.warm, cfg, generation)
         self.kill_sent_at = None
@@ -155,6 +155,29 @@ class Slot:
         elif now - self.kill_sent_at >= grace:
             log.warning("slot %d: child %d ignored SIGTERM for %.1fs; sending SIGKILL", self.index, pid, grace)
             _signal_group(pid, signal.SIGKILL)
+
+
+def stop_helpers() -> None:
+    """Stop multiprocessing's forkserver and resource tracker once every slot is gone, so that a
+    clean daemon exit leaves no process behind for systemd to SIGKILL."""
+    from multiprocessing import forkserver, resource_tracker
+    for helper in (getattr(forkserver, "_forkserver", None), getattr(resource_tracker, "_resource_tracker", None)):
+        stop = getattr(helper, "_stop", None)  # private, but the only way short of exiting
+        if stop is not None:
+            try:
+                stop()
+            except (OSError, ChildProcessError, AttributeError):
+                pass
+
+
+def wait_gone(pids: list[int], timeout: float) -> None:
+    """Wait until the given (just signalled) children have exited, at most ``timeout`` seconds."""
+    deadline = time.monotonic() + timeout
+    for pid in pids:
+        try:
+            psutil.Process(pid).wait(max(0.0, deadline - time.monotonic()))
+        except (psutil.Error, psutil.TimeoutExpired):
+            pass
 
 
 def _signal_group(pid: int, sig: int) -> None:

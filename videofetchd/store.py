@@ -15,11 +15,12 @@ import uuid
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any, TypeVar
-from urllib.parse import unquote, urlsplit
+from urllib.parse import urlsplit
 
 import peewee
 
 from . import models
+from .config import parse_database_url
 from .errors import ConfigError, DatabaseUnavailable
 
 T = TypeVar("T")
@@ -52,27 +53,23 @@ def _db_errors(fn: Callable[..., T]) -> Callable[..., T]:
 
 def make_database(url: str) -> tuple[peewee.Database, str]:
     """A peewee database for ``url`` and its backend name ("sqlite" or "postgres")."""
-    if url.startswith("sqlite:///"):
-        path = unquote(url[len("sqlite:///"):])
-        if not path:
-            raise ConfigError("database.url: sqlite URL has no path")
+    try:
+        backend, params = parse_database_url(url)
+    except ValueError as exc:
+        raise ConfigError(f"database.url: {exc}") from None
+    if backend == "sqlite":
+        path = params["path"]
         if path != ":memory:":
             os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
         pragmas = {"journal_mode": "wal", "busy_timeout": 10000, "synchronous": "normal"}
         return peewee.SqliteDatabase(path, pragmas=pragmas, timeout=10), "sqlite"
-    parts = urlsplit(url)
-    if parts.scheme not in ("postgresql", "postgres"):
-        raise ConfigError(f"database.url: unsupported scheme {parts.scheme!r}")
     try:
         import psycopg2  # noqa: F401  (checked here so the error names the missing extra)
     except ImportError:
         raise ConfigError("database.url: PostgreSQL needs the 'postgres' extra "
                           "(pip install 'videofetchd[postgres]')") from None
     db = peewee.PostgresqlDatabase(
-        unquote(parts.path.lstrip("/")) or "postgres", host=parts.hostname or None,
-        port=parts.port or None, user=unquote(parts.username) if parts.username else None,
-        password=unquote(parts.password) if parts.password else None,
-        connect_timeout=5, application_name="videofetchd",
+        params.pop("dbname"), **params, connect_timeout=5, application_name="videofetchd",
         # a dead server or network must surface as an error, not a call that hangs forever
         keepalives=1, keepalives_idle=10, keepalives_interval=5, keepalives_count=3)
     return db, "postgres"

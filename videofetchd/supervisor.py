@@ -20,10 +20,12 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
+import psutil
+
 from .config import Config
 from .errors import DatabaseUnavailable, InvalidVideoId
 from .jobs import ErrorKind, Job, Outcome, backoff_delay, site_of, url_for
-from .slots import Slot
+from .slots import Slot, stop_helpers, wait_gone
 from .store import Claimed, Store
 
 log = logging.getLogger(__name__)
@@ -32,6 +34,7 @@ T = TypeVar("T")
 BUSY_TICK_S = 0.25  # loop period while downloads run: bounds stall-detection latency
 COUNTS_EVERY_S = 2.0
 DB_CALL_TIMEOUT_S = 10.0
+MAX_IDLE_S = 1.0  # the loop turns at least this often, even with nothing to do
 
 
 @dataclass
@@ -81,6 +84,7 @@ class Supervisor:
         self._next_claim = 0.0
         self._renewed_at = self._expired_at = self._counts_at = self._pauses_at = 0.0
         self._lost: set[int] = set()
+        self._db_call_since: float | None = None
         self._rng = random.Random()
         self.failures: list[tuple[str, str]] = []  # (video_id, reason) for the one-shot summary
 
@@ -89,10 +93,20 @@ class Supervisor:
     async def db(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
         loop = asyncio.get_running_loop()
         call = loop.run_in_executor(self._dbx, functools.partial(fn, *args, **kwargs))
+        self._db_call_since = time.monotonic()
         try:
             return await asyncio.wait_for(call, DB_CALL_TIMEOUT_S)
         except asyncio.TimeoutError:
             raise DatabaseUnavailable(f"database call {fn.__name__} timed out") from None
+        finally:
+            self._db_call_since = None
+
+    def healthy(self, now: float) -> bool:
+        """Is the loop really turning? It turns at least every second, or is inside a database
+        call, which times out after DB_CALL_TIMEOUT_S."""
+        if now - self.last_turn < MAX_IDLE_S + 1.0:
+            return True
+        return self._db_call_since is not None and now - self._db_call_since < DB_CALL_TIMEOUT_S + 1.0
 
     def wake(self, *, claim: bool = False) -> None:
         """Run a pass now (thread-safe only through loop.call_soon_threadsafe)."""
@@ -146,7 +160,7 @@ class Supervisor:
     def _timeout(self, now: float) -> float:
         if any(s.busy for s in self.slots) or self.stopping:
             return BUSY_TICK_S
-        return max(0.02, min(self.cfg.database.poll_interval, self._next_claim - now, 1.0))
+        return max(0.02, min(self.cfg.database.poll_interval, self._next_claim - now, MAX_IDLE_S))
 
     def request_stop(self, *, quick: bool = False) -> None:
         now = time.monotonic()
@@ -400,8 +414,14 @@ class Supervisor:
         self.wake(claim=True)
 
     async def _shutdown(self) -> None:
+        pids = [s.pid for s in self.slots if s.pid]
         for slot in self.slots:
             slot.stop_child()
+        loop = asyncio.get_running_loop()
+        grace = self.cfg.download.kill_grace
+        await loop.run_in_executor(None, wait_gone, pids, grace)
+        if not any(_alive(pid) for pid in pids):
+            await loop.run_in_executor(None, stop_helpers)
         try:
             while self.db_health.pending:
                 job, outcome = self.db_health.pending[0]
@@ -412,3 +432,10 @@ class Supervisor:
             log.error("could not record %d results before exit (%s); their leases will expire",
                       len(self.db_health.pending), exc)
         self._dbx.shutdown(wait=False)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
+    except psutil.Error:
+        return False

@@ -11,7 +11,9 @@ from __future__ import annotations
 
 import ctypes
 import os
+import select
 import signal
+import threading
 import time
 from collections.abc import MutableSequence
 
@@ -47,7 +49,37 @@ class _SharedReporter:
         s[DONE_BYTES], s[TOTAL_BYTES], s[SPEED], s[ETA] = downloaded, total, speed, eta
 
 
-def init_child(shared: MutableSequence[float]) -> None:
+def _exit_with(supervisor_pid: int) -> None:
+    """Exit as soon as the supervisor process is gone.
+
+    A forkserver child's parent is the forkserver, and the child itself holds the forkserver's
+    "alive" pipe and both ends of its own call queue: without this, an idle child of a daemon
+    that was SIGKILLed would wait forever, and keep its forkserver alive too. This thread never
+    reports progress; it only watches for the supervisor's death.
+    """
+    try:
+        fd = os.pidfd_open(supervisor_pid)
+    except (OSError, AttributeError):
+        fd = -1
+    if fd >= 0:
+        select.select([fd], [], [])  # readable once the process has exited
+    else:
+        while os.getppid() != 1 and _alive(supervisor_pid):
+            time.sleep(1.0)
+    os._exit(1)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def init_child(shared: MutableSequence[float], supervisor_pid: int) -> None:
     """ProcessPoolExecutor initializer: runs once in each new child."""
     global _shared
     os.setpgrp()
@@ -60,6 +92,7 @@ def init_child(shared: MutableSequence[float]) -> None:
         ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
     except (OSError, AttributeError):
         pass  # not Linux: orphans then finish their current job and exit on the closed pipe
+    threading.Thread(target=_exit_with, args=(supervisor_pid,), name="supervisor-watch", daemon=True).start()
     _shared = shared
     shared[PID] = os.getpid()
     shared[JOBS] = 0

@@ -1,0 +1,408 @@
+"""The database queue on real SQLite and real PostgreSQL (every test runs on both backends).
+
+PostgreSQL: one fresh database per module from ``tests/pg.py`` (127.0.0.1:5432, user postgres),
+emptied before each test and dropped afterwards; skipped when no server answers, except under
+CI=true where it fails.
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any, Iterator
+
+import pytest
+
+from helpers import wait_until
+from pg import fresh_database
+from videofetchd import models
+from videofetchd.errors import DatabaseUnavailable
+from videofetchd.store import Store, open_store
+
+OWNER = "test-node:1"
+LEASE = 60.0
+
+
+@pytest.fixture(scope="module")
+def pg_database() -> Iterator[str]:
+    """One scratch PostgreSQL database for this module (each test empties it first); skipped when
+    no server answers, failed under CI=true (see tests/pg.py)."""
+    with fresh_database() as url:
+        yield url
+
+
+@pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
+def db_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    """A database with no videofetchd schema in it yet."""
+    if request.param == "sqlite":
+        return f"sqlite:///{tmp_path}/queue.db"
+    url: str = request.getfixturevalue("pg_database")
+    raw_execute(url, "DROP TABLE IF EXISTS videos, site_backoff, videofetchd_schema CASCADE; "
+                "DROP FUNCTION IF EXISTS videofetchd_notify() CASCADE")
+    return url
+
+
+@pytest.fixture
+def store(db_url: str) -> Iterator[Store]:
+    st = open_store(db_url)
+    try:
+        yield st
+    finally:
+        st.close()
+
+
+def row(store: Store, video_id: str) -> dict[str, Any]:
+    cols = ["id", "video_id", "url", "status", "attempts", "run_after", "last_error", "error_kind", "file_path",
+            "file_size", "found_by", "extractor", "lease_owner", "claim_token", "lease_expires", "finished_at"]
+    found = store.read(f"SELECT {', '.join(cols)} FROM videos WHERE video_id = ?", [video_id])
+    assert len(found) == 1, f"{video_id}: {len(found)} rows"
+    return dict(zip(cols, found[0]))
+
+
+def raw_execute(db_url: str, sql: str) -> None:
+    """Run SQL through the plain driver, as another program feeding the queue would."""
+    if db_url.startswith("sqlite:///"):
+        con = sqlite3.connect(db_url[len("sqlite:///"):])
+        with con:
+            con.execute(sql)
+        con.close()
+    else:
+        import psycopg2
+        con = psycopg2.connect(db_url)
+        with con, con.cursor() as cur:
+            cur.execute(sql)
+        con.close()
+
+
+def claim_one(store: Store, lease: float = LEASE, owner: str = OWNER) -> Any:
+    got = store.claim(owner, 1, lease)
+    assert len(got) == 1, got
+    return got[0]
+
+
+# -- schema -------------------------------------------------------------------------------------
+
+def test_migrate_is_idempotent_and_versioned(store: Store, db_url: str) -> None:
+    store.add([("keep-me", None)])
+    assert store.migrate() == models.SCHEMA_VERSION
+    assert store.migrate() == models.SCHEMA_VERSION
+    again = open_store(db_url)  # a second process/daemon starting on the same database
+    again.close()
+    versions = [r[0] for r in store.read("SELECT version FROM videofetchd_schema ORDER BY version")]
+    assert versions == list(range(1, models.SCHEMA_VERSION + 1))
+    assert row(store, "keep-me")["status"] == "queued"  # migrating again does not touch the data
+
+
+def test_newer_schema_is_refused(store: Store) -> None:
+    store.write("INSERT INTO videofetchd_schema (version) VALUES (?)", [models.SCHEMA_VERSION + 1])
+    with pytest.raises(DatabaseUnavailable, match="newer"):
+        store.migrate()
+
+
+def test_plain_insert_is_enough(store: Store, db_url: str) -> None:
+    raw_execute(db_url, "INSERT INTO videos (video_id) VALUES ('abc')")
+    r = row(store, "abc")
+    assert r["status"] == "queued" and r["attempts"] == 0 and r["url"] is None
+    assert r["run_after"] is not None
+    c = claim_one(store)
+    assert (c.video_id, c.url, c.attempt) == ("abc", None, 1)
+    assert row(store, "abc")["status"] == "running"
+
+
+def test_status_is_checked_by_the_database(store: Store, db_url: str) -> None:
+    with pytest.raises(Exception):
+        raw_execute(db_url, "INSERT INTO videos (video_id, status) VALUES ('bad', 'bogus')")
+    assert store.read("SELECT count(*) FROM videos")[0][0] == 0
+
+
+# -- feeding the queue --------------------------------------------------------------------------
+
+def test_add_is_idempotent(store: Store) -> None:
+    assert store.add([("a", None), ("b", "https://example.org/b")]) == (2, 0)
+    assert store.add([("a", None), ("c", None), ("c", None)]) == (1, 2)
+    assert store.read("SELECT count(*) FROM videos")[0][0] == 3
+    assert row(store, "b")["url"] == "https://example.org/b"
+
+
+def test_add_keeps_known_rows_as_they_are(store: Store) -> None:
+    store.add([("a", None)])
+    c = claim_one(store)
+    assert store.finish(c.row_id, c.claim_token, file_path="/v/a.mp4", file_size=5, extractor="Generic")
+    assert store.add([("a", "https://example.org/other")]) == (0, 1)
+    r = row(store, "a")
+    assert (r["status"], r["url"], r["file_path"]) == ("done", None, "/v/a.mp4")
+
+
+def test_add_in_large_batches(store: Store) -> None:
+    ids = [(f"v{i:05d}", None) for i in range(1234)]
+    assert store.add(ids) == (1234, 0)
+    assert store.add(ids[::-1]) == (0, 1234)
+    assert store.counts()["queued"] == 1234
+
+
+# -- claims -------------------------------------------------------------------------------------
+
+def test_claim_sets_a_lease(store: Store) -> None:
+    store.add([("a", None), ("b", None), ("c", None)])
+    got = store.claim(OWNER, 2, LEASE)
+    assert [c.video_id for c in got] == ["a", "b"]  # oldest first
+    assert len({c.claim_token for c in got}) == 1
+    r = row(store, "a")
+    assert r["status"] == "running" and r["lease_owner"] == OWNER and r["claim_token"] == got[0].claim_token
+    assert r["attempts"] == 1
+    now = store.read(f"SELECT {store.now}")[0][0]
+    assert now + LEASE - 5 < r["lease_expires"] <= now + LEASE + 1
+    assert store.claim(OWNER, 0, LEASE) == []
+    assert [c.video_id for c in store.claim(OWNER, 10, LEASE)] == ["c"]
+    assert store.claim(OWNER, 10, LEASE) == []
+
+
+def test_claim_url_rows_only(store: Store) -> None:
+    store.add([("plain", None), ("own", "https://example.org/own")])
+    got = store.claim(OWNER, 5, LEASE, url_rows_only=True)
+    assert [(c.video_id, c.url) for c in got] == [("own", "https://example.org/own")]
+
+
+_DRAIN = """
+import json, sys, time, os
+from videofetchd.store import open_store
+url, owner, go = sys.argv[1], sys.argv[2], sys.argv[3]
+st = open_store(url, migrate=False)
+st.ping()
+open(go + "." + owner, "w").close()
+while not os.path.exists(go):
+    pass  # spin: every claimer starts within microseconds of the others
+got = []
+while True:
+    batch = st.claim(owner, 5, 600)
+    if not batch:
+        break
+    got += [[c.row_id, c.claim_token] for c in batch]
+    time.sleep(0.002)  # let the others in between claims (a daemon does work between claims too)
+st.close()
+print(json.dumps(got))
+"""
+
+
+def test_concurrent_claims_never_share_a_row(store: Store, db_url: str, tmp_path: Path) -> None:
+    n_rows, n_procs = 400, 4
+    store.add([(f"row{i:04d}", None) for i in range(n_rows)])
+    go = tmp_path / "go"
+    procs = [subprocess.Popen([sys.executable, "-c", _DRAIN, db_url, f"p{i}", str(go)], stdout=subprocess.PIPE,
+                              stderr=subprocess.PIPE, text=True) for i in range(n_procs)]
+    try:
+        wait_until(lambda: all(Path(f"{go}.p{i}").exists() or procs[i].poll() is not None for i in range(n_procs)),
+                   timeout=60, message="claimers did not start")
+        go.touch()  # all four start claiming at once
+        results = [p.communicate(timeout=120) for p in procs]
+    finally:
+        for p in procs:
+            if p.poll() is None:
+                p.kill()
+    claimed: list[tuple[int, str, int]] = []
+    for i, (out, err) in enumerate(results):
+        assert procs[i].returncode == 0, err
+        claimed += [(rid, token, i) for rid, token in json.loads(out)]
+    ids = [c[0] for c in claimed]
+    assert len(ids) == n_rows and len(set(ids)) == n_rows, "a row was claimed twice or not at all"
+    assert sum(1 for i in range(n_procs) if any(c[2] == i for c in claimed)) >= 2  # it really was concurrent
+    db_rows = {r[0]: r[1:] for r in store.read("SELECT id, status, attempts, claim_token, lease_owner FROM videos")}
+    for rid, token, proc in claimed:
+        assert db_rows[rid] == ("running", 1, token, f"p{proc}")
+
+
+# -- settling a claim ---------------------------------------------------------------------------
+
+def test_finish(store: Store) -> None:
+    store.add([("a", None)])
+    c = claim_one(store)
+    assert store.finish(c.row_id, c.claim_token, file_path="/lib/a [a].mp4", file_size=51200, extractor="Generic")
+    r = row(store, "a")
+    assert (r["status"], r["file_path"], r["file_size"], r["extractor"], r["found_by"]) == \
+        ("done", "/lib/a [a].mp4", 51200, "Generic", "download")
+    assert r["lease_owner"] is None and r["claim_token"] is None and r["lease_expires"] is None
+    assert r["finished_at"] is not None
+    assert not store.finish(c.row_id, c.claim_token, file_path="/x", file_size=1, extractor=None)  # only once
+    assert row(store, "a")["file_path"] == "/lib/a [a].mp4"
+
+
+def test_a_wrong_token_changes_nothing(store: Store) -> None:
+    store.add([("a", None)])
+    c = claim_one(store)
+    before = row(store, "a")
+    bad = "0" * 32
+    assert not store.finish(c.row_id, bad, file_path="/x", file_size=1, extractor=None)
+    assert not store.fail(c.row_id, bad, error="boom", kind="permanent")
+    assert not store.retry_later(c.row_id, bad, error="boom", kind="transient", delay_s=0, max_attempts=5)
+    assert not store.release(c.row_id, bad)
+    assert row(store, "a") == before
+    assert store.finish(c.row_id, c.claim_token, file_path="/ok", file_size=1, extractor=None)
+
+
+def test_fail(store: Store) -> None:
+    store.add([("a", None)])
+    c = claim_one(store)
+    assert store.fail(c.row_id, c.claim_token, error="HTTP Error 404: Not Found", kind="permanent")
+    r = row(store, "a")
+    assert (r["status"], r["last_error"], r["error_kind"], r["attempts"]) == \
+        ("failed", "HTTP Error 404: Not Found", "permanent", 1)
+    assert store.claim(OWNER, 5, LEASE) == []
+
+
+def test_retry_later_until_max_attempts(store: Store) -> None:
+    store.add([("a", None)])
+    for attempt in (1, 2):
+        c = claim_one(store)
+        assert c.attempt == attempt
+        assert store.retry_later(c.row_id, c.claim_token, error=f"try {attempt}", kind="transient",
+                                 delay_s=0, max_attempts=3)
+        r = row(store, "a")
+        assert (r["status"], r["attempts"], r["last_error"]) == ("queued", attempt, f"try {attempt}")
+        assert r["claim_token"] is None and r["finished_at"] is None
+    c = claim_one(store)
+    assert store.retry_later(c.row_id, c.claim_token, error="try 3", kind="transient", delay_s=0, max_attempts=3)
+    r = row(store, "a")
+    assert (r["status"], r["attempts"], r["last_error"]) == ("failed", 3, "try 3")
+    assert r["finished_at"] is not None
+    assert store.claim(OWNER, 5, LEASE) == []
+
+
+def test_retry_later_waits_its_delay(store: Store) -> None:
+    store.add([("a", None)])
+    c = claim_one(store)
+    assert store.retry_later(c.row_id, c.claim_token, error="e", kind="transient", delay_s=3600, max_attempts=5)
+    assert store.claim(OWNER, 5, LEASE) == []
+    left = store.next_eligible_in()
+    assert left is not None and 3500 < left <= 3600
+
+
+def test_next_eligible_in(store: Store) -> None:
+    assert store.next_eligible_in() is None
+    store.add([("a", None)])
+    assert store.next_eligible_in() == 0.0
+
+
+def test_release_does_not_count_the_attempt(store: Store) -> None:
+    store.add([("a", None)])
+    c = claim_one(store)
+    assert store.release(c.row_id, c.claim_token, reason="daemon stopped")
+    r = row(store, "a")
+    assert (r["status"], r["attempts"], r["last_error"], r["claim_token"]) == ("queued", 0, "daemon stopped", None)
+    assert claim_one(store).attempt == 1
+
+
+def test_release_with_delay(store: Store) -> None:
+    store.add([("a", None)])
+    c = claim_one(store)
+    assert store.release(c.row_id, c.claim_token, delay_s=600)
+    assert store.claim(OWNER, 1, LEASE) == []
+
+
+# -- leases -------------------------------------------------------------------------------------
+
+def test_expired_lease_is_requeued(store: Store) -> None:
+    store.add([("a", None), ("b", None)])
+    old = claim_one(store, lease=1.0, owner="dead-node:1")
+    live = claim_one(store, lease=LEASE)
+    assert store.requeue_expired(5) == 0  # not yet
+    wait_until(lambda: store.requeue_expired(5) == 1, timeout=15, message="lease did not expire")
+    r = row(store, "a")
+    assert (r["status"], r["attempts"], r["error_kind"]) == ("queued", 1, "crashed")
+    assert "dead-node:1" in r["last_error"] and "expired" in r["last_error"]
+    assert r["lease_owner"] is None and r["claim_token"] is None
+    assert row(store, "b")["status"] == "running"  # the live lease is untouched
+    # the daemon that lost the lease cannot record its late result; the next claimer can
+    assert not store.finish(old.row_id, old.claim_token, file_path="/late", file_size=1, extractor=None)
+    again = claim_one(store)
+    assert again.row_id == old.row_id and again.claim_token != old.claim_token and again.attempt == 2
+    assert store.finish(again.row_id, again.claim_token, file_path="/ok", file_size=1, extractor=None)
+    assert store.finish(live.row_id, live.claim_token, file_path="/b", file_size=1, extractor=None)
+
+
+def test_expired_lease_on_last_attempt_fails(store: Store) -> None:
+    store.add([("a", None)])
+    claim_one(store, lease=-1.0)  # already expired
+    assert store.requeue_expired(1) == 1
+    assert row(store, "a")["status"] == "failed"
+
+
+def test_renew_keeps_leases(store: Store) -> None:
+    store.add([("a", None), ("b", None), ("c", None)])
+    mine = store.claim(OWNER, 2, -1.0)  # expired already: only a renewal saves them
+    other = claim_one(store, lease=-1.0, owner="other:2")
+    kept = store.renew(OWNER, LEASE)
+    assert kept == {(c.row_id, c.claim_token) for c in mine}
+    assert store.requeue_expired(5) == 1  # only the other owner's row
+    assert row(store, "c")["status"] == "queued" and other.video_id == "c"
+    assert {row(store, v)["status"] for v in ("a", "b")} == {"running"}
+
+
+def test_requeue_owned(store: Store) -> None:
+    store.add([("a", None), ("b", None)])
+    claim_one(store, owner="host:111")
+    claim_one(store, owner="host:222")
+    assert sorted(store.lease_owners()) == ["host:111", "host:222"]
+    assert store.requeue_owned(["host:111"]) == 1
+    assert row(store, "a")["status"] == "queued" and row(store, "b")["status"] == "running"
+    assert store.requeue_owned([]) == 0
+
+
+# -- operator actions ---------------------------------------------------------------------------
+
+def test_retry_failed(store: Store) -> None:
+    store.add([("a", None), ("b", None), ("c", None)])
+    for _ in range(2):
+        c = claim_one(store)
+        store.fail(c.row_id, c.claim_token, error="gone", kind="permanent")
+    c = claim_one(store)
+    store.finish(c.row_id, c.claim_token, file_path="/c", file_size=1, extractor=None)
+    assert store.retry_failed(["a", "c", "unknown"]) == 1
+    assert (row(store, "a")["status"], row(store, "a")["attempts"]) == ("queued", 0)
+    assert row(store, "b")["status"] == "failed"
+    assert store.retry_failed() == 1
+    assert row(store, "b")["status"] == "queued"
+    assert row(store, "c")["status"] == "done"  # done rows are never re-queued by retry
+    assert store.retry_failed() == 0
+    assert [c.video_id for c in store.claim(OWNER, 5, LEASE)] == ["a", "b"]
+
+
+def test_counts_and_list_rows(store: Store) -> None:
+    store.add([("a", None), ("b", "https://example.org/b"), ("c", None)])
+    c = claim_one(store)
+    store.fail(c.row_id, c.claim_token, error="HTTP Error 404", kind="permanent")
+    assert store.counts() == {"queued": 2, "running": 0, "done": 0, "failed": 1, "missing": 0}
+    rows = store.list_rows()
+    assert [r["video_id"] for r in rows] == ["a", "b", "c"]
+    assert {"video_id", "status", "attempts", "last_error", "file_path"} <= set(rows[0])
+    failed = store.list_rows(status="failed")
+    assert [(r["video_id"], r["last_error"]) for r in failed] == [("a", "HTTP Error 404")]
+    assert [r["video_id"] for r in store.list_rows(limit=1)] == ["a"]
+    assert [r["video_id"] for r in store.list_rows(video_ids=["c", "b"])] == ["b", "c"]
+
+
+# -- site back-off ------------------------------------------------------------------------------
+
+def test_site_backoff(store: Store) -> None:
+    assert store.site_pauses() == {}
+    assert store.pause_site("youtube.com", 60.0, "HTTP Error 429") == 60.0
+    pauses = store.site_pauses()
+    assert set(pauses) == {"youtube.com"} and 55 < pauses["youtube.com"] <= 60
+    # a second worker hitting the same wall while paused keeps the pause, no extra strike
+    assert store.pause_site("youtube.com", 60.0, "HTTP Error 429") == 60.0
+    store.clear_site("youtube.com")  # a success elsewhere does not end a pause early
+    assert "youtube.com" in store.site_pauses()
+    assert store.pause_site("vimeo.com", 5.0, "429") == 5.0
+    assert set(store.site_pauses()) == {"youtube.com", "vimeo.com"}
+
+
+def test_site_backoff_strikes_double_then_clear(store: Store) -> None:
+    assert store.pause_site("example.org", 0.3, "429") == pytest.approx(0.3)
+    wait_until(lambda: "example.org" not in store.site_pauses(), timeout=10, message="pause did not end")
+    assert store.pause_site("example.org", 0.3, "429") == pytest.approx(0.6)  # it repeats: longer
+    wait_until(lambda: "example.org" not in store.site_pauses(), timeout=10, message="pause did not end")
+    store.clear_site("example.org")  # success after the pause: the strike count starts over
+    assert store.read("SELECT count(*) FROM site_backoff")[0][0] == 0
+    assert store.pause_site("example.org", 0.3, "429") == pytest.approx(0.3)
