@@ -51,8 +51,74 @@ e2e: venv
 bench: venv
 	$(PY) bench/run.py
 
+## install: the daemon in a self-contained venv $(PREFIX)/lib/videofetchd (symlinked from
+## $(PREFIX)/bin), the systemd unit, sysusers.d/tmpfiles.d snippets and, only when absent,
+## /etc/videofetchd/videofetchd.yaml. PREFIX=/usr puts unit and snippets under /usr/lib, any
+## other PREFIX under /etc. DESTDIR=/stage builds the venv in the staging tree and relocates it
+## to $(PREFIX) (scripts, pyvenv.cfg and byte-code name $(PREFIX), never DESTDIR), like
+## dh-virtualenv; the package's post-install step then runs systemd-sysusers/systemd-tmpfiles.
+## The venv's interpreter is $(PYTHON) resolved to its real path, so build with the target's
+## system Python (PYTHON=/usr/bin/python3), not one under /root or /home (ProtectHome= hides it).
+## pip honours PIP_* variables, e.g. PIP_NO_INDEX=1 PIP_FIND_LINKS=/wheels for offline installs.
 install:
-	@echo "install: see the systemd issue" && false
+	@set -eu; \
+	prefix='$(PREFIX)'; dest='$(DESTDIR)'; lib="$$prefix/lib/videofetchd"; \
+	docdir="$$prefix/share/doc/videofetchd"; \
+	if [ "$$prefix" = /usr ]; then unitdir=/usr/lib/systemd/system; \
+	  sysusersdir=/usr/lib/sysusers.d; tmpfilesdir=/usr/lib/tmpfiles.d; \
+	else unitdir=/etc/systemd/system; sysusersdir=/etc/sysusers.d; tmpfilesdir=/etc/tmpfiles.d; fi; \
+	py=$$(command -v '$(PYTHON)') || { echo "install: $(PYTHON) not found" >&2; exit 1; }; \
+	py=$$(readlink -f "$$py"); \
+	case "$$py" in /root/*|/home/*|/run/user/*) \
+	  echo "install: $$py is under a home directory, which ProtectHome= hides from the service;" \
+	       "use a system Python, e.g. make install PYTHON=/usr/bin/python3" >&2; exit 1;; esac; \
+	echo "install: venv $$dest$$lib (python $$py)"; \
+	"$$py" -m venv --clear "$$dest$$lib"; \
+	if [ -n "$$dest" ]; then compile=--no-compile; else compile=; fi; \
+	"$$dest$$lib/bin/python" -m pip install -q --disable-pip-version-check $$compile '.[postgres]'; \
+	if [ -n "$$dest" ]; then \
+	  grep -rlIF -- "$$dest$$lib" "$$dest$$lib" | while IFS= read -r f; do \
+	    sed -i "s|$$dest$$lib|$$lib|g" "$$f"; done; \
+	  "$$dest$$lib/bin/python" -m compileall -q -j0 -s "$$dest" -p / "$$dest$$lib/lib" >/dev/null; \
+	fi; \
+	install -d "$$dest$$prefix/bin" "$$dest$$unitdir" "$$dest$$sysusersdir" "$$dest$$tmpfilesdir" \
+	  "$$dest$$docdir" "$$dest/etc/videofetchd"; \
+	for b in videofetchd videofetchctl; do ln -sfn "../lib/videofetchd/bin/$$b" "$$dest$$prefix/bin/$$b"; done; \
+	sed -e "s|@BINDIR@|$$prefix/bin|g" -e "s|@DOCDIR@|$$docdir|g" systemd/videofetchd.service \
+	  > "$$dest$$unitdir/videofetchd.service"; \
+	chmod 0644 "$$dest$$unitdir/videofetchd.service"; \
+	install -m 0644 systemd/videofetchd.sysusers "$$dest$$sysusersdir/videofetchd.conf"; \
+	install -m 0644 systemd/videofetchd.tmpfiles "$$dest$$tmpfilesdir/videofetchd.conf"; \
+	install -m 0644 systemd/notify-reload.conf "$$dest$$docdir/notify-reload.conf"; \
+	if [ -f README.md ]; then install -m 0644 README.md "$$dest$$docdir/README.md"; fi; \
+	if [ -e "$$dest/etc/videofetchd/videofetchd.yaml" ]; then \
+	  echo "install: keeping the existing $$dest/etc/videofetchd/videofetchd.yaml"; \
+	else install -m 0640 etc/videofetchd.yaml "$$dest/etc/videofetchd/videofetchd.yaml"; fi; \
+	if [ -z "$$dest" ]; then \
+	  if command -v systemd-sysusers >/dev/null; then systemd-sysusers "$$sysusersdir/videofetchd.conf"; fi; \
+	  if command -v systemd-tmpfiles >/dev/null; then \
+	    systemd-tmpfiles --create "$$tmpfilesdir/videofetchd.conf"; fi; \
+	  if [ -d /run/systemd/system ]; then systemctl daemon-reload; fi; \
+	  echo "install: done; enable with: systemctl enable --now videofetchd"; \
+	fi
+
+## uninstall: removes what install put in place; keeps /etc/videofetchd, /var/lib/videofetchd and
+## the videofetchd user (like a package removal without purge).
+uninstall:
+	@set -eu; \
+	prefix='$(PREFIX)'; dest='$(DESTDIR)'; lib="$$prefix/lib/videofetchd"; \
+	if [ "$$prefix" = /usr ]; then unitdir=/usr/lib/systemd/system; \
+	  sysusersdir=/usr/lib/sysusers.d; tmpfilesdir=/usr/lib/tmpfiles.d; \
+	else unitdir=/etc/systemd/system; sysusersdir=/etc/sysusers.d; tmpfilesdir=/etc/tmpfiles.d; fi; \
+	if [ -z "$$dest" ] && [ -d /run/systemd/system ]; then \
+	  systemctl disable --now videofetchd.service 2>/dev/null || true; fi; \
+	for b in videofetchd videofetchctl; do \
+	  if [ -L "$$dest$$prefix/bin/$$b" ]; then rm -f "$$dest$$prefix/bin/$$b"; fi; done; \
+	rm -rf "$$dest$$lib" "$$dest$$prefix/share/doc/videofetchd"; \
+	rm -f "$$dest$$unitdir/videofetchd.service" "$$dest$$sysusersdir/videofetchd.conf" \
+	  "$$dest$$tmpfilesdir/videofetchd.conf"; \
+	if [ -z "$$dest" ] && [ -d /run/systemd/system ]; then systemctl daemon-reload; fi; \
+	echo "uninstall: kept /etc/videofetchd, /var/lib/videofetchd and the videofetchd user"
 
 clean:
 	rm -rf $(VENV) $(RUNDIR) build dist *.egg-info .pytest_cache .mypy_cache
