@@ -19,6 +19,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+import psutil
 import yaml
 
 from helpers import wait_until
@@ -117,9 +118,13 @@ class Daemon:
         self.proc = subprocess.Popen([PY, "-m", "videofetchd", "--config", str(config)],
                                      stdout=self._log, stderr=subprocess.STDOUT, env=full_env)
         sock = Path(yaml.safe_load(config.read_text())["control"]["socket"])
-        wait_until(lambda: self.proc.poll() is not None or (sock.exists() and self._answers()),
-                   timeout=60, message="daemon did not open its control socket")
-        assert self.proc.poll() is None, self.log()
+        try:
+            wait_until(lambda: self.proc.poll() is not None or (sock.exists() and self._answers()),
+                       timeout=60, message="daemon did not open its control socket")
+            assert self.proc.poll() is None, self.log()
+        except BaseException:
+            self.kill()
+            raise
 
     def _answers(self) -> bool:
         return ctl(self.config, "status", "--json", timeout=20).returncode == 0
@@ -132,7 +137,8 @@ class Daemon:
         self.proc.send_signal(sig)
 
     def log(self) -> str:
-        self._log.flush()
+        if not self._log.closed:
+            self._log.flush()
         return self.log_path.read_text()
 
     def stop(self, timeout: float = 90) -> int:
@@ -145,9 +151,19 @@ class Daemon:
             self._log.close()
 
     def kill(self) -> None:
+        """SIGKILL the daemon and every process below it (they would die with it anyway)."""
         if self.proc.poll() is None:
+            try:
+                family = psutil.Process(self.proc.pid).children(recursive=True)
+            except psutil.Error:
+                family = []
             self.proc.kill()
             self.proc.wait(10)
+            for child in family:
+                try:
+                    child.kill()
+                except psutil.Error:
+                    pass
         self._log.close()
 
 

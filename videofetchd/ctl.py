@@ -9,7 +9,6 @@ then nudges a running daemon so new rows start at once. The only place ctl error
 from __future__ import annotations
 
 import argparse
-import asyncio
 import contextlib
 import dataclasses
 import json
@@ -166,6 +165,8 @@ def cmd_retry(args: argparse.Namespace, cfg: config_mod.Config, out: TextIO) -> 
 
 
 def cmd_fetch(args: argparse.Namespace, cfg: config_mod.Config, out: TextIO) -> int:
+    import asyncio
+
     from .fetch import run_fetch
     from .logs import setup_logging
     setup_logging(cfg.logging.level, verbose=args.verbose)

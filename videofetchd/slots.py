@@ -65,6 +65,7 @@ class Slot:
         self.kill_reason: str | None = None
         self.retiring = False  # shrink after a reload: remove once idle
         self.generation = -1
+        self.warm_future: Future[Any] | None = None
 
     # -- life cycle ---------------------------------------------------------------------------
 
@@ -74,7 +75,7 @@ class Slot:
         self.executor = ProcessPoolExecutor(max_workers=1, mp_context=mp_context(),
                                             initializer=worker.init_child, initargs=(self.shared, os.getpid()))
         self.generation = generation
-        self.executor.submit(worker.warm, cfg, generation)
+        self.warm_future = self.executor.submit(worker.warm, cfg, generation)
         self.kill_sent_at = None
         self.kill_reason = None
 
@@ -83,7 +84,7 @@ class Slot:
         if self.executor is not None:
             self.executor.shutdown(wait=False, cancel_futures=True)
             self.executor = None
-        self.future = None
+        self.future = self.warm_future = None
         self.job = None
 
     def stop_child(self) -> None:
@@ -100,6 +101,24 @@ class Slot:
     @property
     def busy(self) -> bool:
         return self.job is not None
+
+    @property
+    def ready(self) -> bool:
+        """Idle with a warmed-up child: a job sent now starts at once (the stall clock is fair)."""
+        return (self.executor is not None and self.job is None and not self.retiring
+                and (self.warm_future is None or self.warm_future.done()))
+
+    def child_lost(self) -> bool:
+        """Did the idle child die (warm-up failed, or killed while idle)?"""
+        if self.warm_future is not None and self.warm_future.done() and self.warm_future.exception():
+            return True
+        pid = self.pid
+        if not pid:
+            return False
+        try:
+            return psutil.Process(pid).status() == psutil.STATUS_ZOMBIE
+        except psutil.Error:
+            return True
 
     @property
     def jobs_done(self) -> int:

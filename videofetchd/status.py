@@ -27,7 +27,7 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 Handler = Callable[[dict[str, Any]], Awaitable[dict[str, Any]]]
-CLIENT_IDLE_TIMEOUT_S = 30.0
+CLIENT_IDLE_TIMEOUT_S = 10.0
 MAX_CLIENTS = 64
 
 

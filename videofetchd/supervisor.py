@@ -85,6 +85,7 @@ class Supervisor:
         self._renewed_at = self._expired_at = self._counts_at = self._pauses_at = 0.0
         self._lost: set[int] = set()
         self._db_call_since: float | None = None
+        self._liveness_at = 0.0
         self._rng = random.Random()
         self.failures: list[tuple[str, str]] = []  # (video_id, reason) for the one-shot summary
 
@@ -176,8 +177,13 @@ class Supervisor:
 
     def _add_slot(self, index: int) -> None:
         slot = Slot(index)
-        slot.start(self.cfg.download, self.generation)
+        self._start_slot(slot)
         self.slots.append(slot)
+
+    def _start_slot(self, slot: Slot) -> None:
+        slot.start(self.cfg.download, self.generation)
+        assert slot.warm_future is not None
+        slot.warm_future.add_done_callback(self._on_done)  # ready for work: dispatch at once
 
     def _on_done(self, _fut: Any) -> None:
         """Runs on the executor's thread when a job ends: wake the loop to reap it at once."""
@@ -234,7 +240,7 @@ class Supervisor:
             log.info("slot %d: recycling child %d after %d jobs (RSS %d MiB)", slot.index, slot.pid,
                      slot.jobs_done, rss >> 20)
             slot.stop_child()
-            slot.start(d, self.generation)
+            self._start_slot(slot)
             self.counters.recycled += 1
 
     def _enforce(self, now: float) -> None:
@@ -259,9 +265,17 @@ class Supervisor:
                 slot.stop_child()
                 log.info("slot %d retired after reload", slot.index)
                 self.slots.remove(slot)
+        now = time.monotonic()
+        check = now - self._liveness_at >= 1.0
+        if check:
+            self._liveness_at = now
         for slot in self.slots:
+            if check and slot.executor is not None and not slot.busy and slot.child_lost():
+                log.warning("slot %d: idle child %d died; restarting it", slot.index, slot.pid)
+                slot.discard()
+                self.counters.worker_restarts += 1
             if slot.executor is None and not self.stopping and not slot.retiring:
-                slot.start(self.cfg.download, self.generation)
+                self._start_slot(slot)
 
     # -- database side --------------------------------------------------------------------------
 
@@ -353,7 +367,7 @@ class Supervisor:
             self._db_down(exc)
 
     async def _dispatch(self, now: float) -> None:
-        idle = [s for s in self.slots if not s.busy and s.executor is not None and not s.retiring]
+        idle = [s for s in self.slots if s.ready]
         if (not idle or self.paused or not self.db_health.ok or now < self.crash_pause_until
                 or now < self._next_claim):
             return
@@ -393,7 +407,7 @@ class Supervisor:
         except RuntimeError:  # the idle child died (BrokenProcessPool): rebuild and try once more
             slot.discard()
             self.counters.worker_restarts += 1
-            slot.start(d, self.generation)
+            self._start_slot(slot)
             fut = slot.submit(job, d, self.generation)
         fut.add_done_callback(self._on_done)
         log.debug("job %s started on slot %d (attempt %d)", job.video_id, slot.index, job.attempt)

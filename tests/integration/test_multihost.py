@@ -5,10 +5,10 @@ download directory; the media server (tests/mediaserver.py) counts every GET per
 video is downloaded once" is checked from the server's side (yt-dlp's generic extractor makes two
 GETs per download: a probe and the download), and from the files on disk.
 
-Needs a PostgreSQL server at 127.0.0.1:5432 (trust auth; env VFD_TEST_PG overrides the admin URL).
-Each test creates its own database and drops it afterwards. Locally the tests skip when no server
-answers; under CI=true they fail instead. The restart test runs its own throw-away cluster (initdb
-as user ``postgres``) on a free port.
+Needs a PostgreSQL server at 127.0.0.1:5432 (trust auth; see tests/pg.py, env VFD_TEST_PG_ADMIN).
+Each test creates its own database (tests/pg.py fresh_database) and drops it afterwards. Locally
+the tests skip when no server answers; under CI=true they fail instead. The restart test runs its
+own throw-away cluster (initdb as user ``postgres``) on a free port.
 """
 
 from __future__ import annotations
@@ -24,7 +24,6 @@ import statistics
 import subprocess
 import tempfile
 import time
-import uuid
 from collections import Counter
 from pathlib import Path
 from typing import Any, Iterator
@@ -35,23 +34,14 @@ import pytest
 import vfd
 from helpers import wait_until
 from mediaserver import MediaServer
+from pg import ADMIN_URL, fresh_database
+from pg import unavailable as _unavailable
 
 pytestmark = pytest.mark.postgres
 
-ADMIN_URL = os.environ.get("VFD_TEST_PG", "postgresql://postgres@127.0.0.1:5432/test")
 PG_BIN = Path(os.environ.get("VFD_PG_BIN", "/usr/lib/postgresql/15/bin"))
 FINAL_FILE = re.compile(r"\[([^\]/]+)\]\.(mp4|webm|mkv)$")
 GETS_PER_DOWNLOAD = 2  # yt-dlp's generic extractor: a probe GET, then the download GET
-
-
-def _in_ci() -> bool:
-    return os.environ.get("CI", "").lower() == "true"
-
-
-def _unavailable(reason: str) -> None:
-    if _in_ci():
-        pytest.fail(f"PostgreSQL is required under CI=true: {reason}")
-    pytest.skip(reason)
 
 
 def _psycopg2() -> Any:
@@ -71,11 +61,7 @@ def _connect(url: str) -> Any:
     return conn
 
 
-def _url_with_db(url: str, dbname: str) -> str:
-    return url.rsplit("/", 1)[0] + "/" + dbname
-
-
-class Pg:
+class Db:
     """An autocommit connection to one test database, reconnecting after the test cut it."""
 
     def __init__(self, url: str) -> None:
@@ -106,21 +92,6 @@ class Pg:
     def close(self) -> None:
         with contextlib.suppress(Exception):
             self.conn.close()
-
-
-@contextlib.contextmanager
-def fresh_database(admin_url: str) -> Iterator[str]:
-    """CREATE DATABASE vfd_mh_<random> on the server of ``admin_url``; yields its URL; drops it."""
-    name = f"vfd_mh_{uuid.uuid4().hex[:12]}"
-    admin = _connect(admin_url)
-    try:
-        with admin.cursor() as cur:
-            cur.execute(f"CREATE DATABASE {name}")
-        yield _url_with_db(admin_url, name)
-    finally:
-        with contextlib.suppress(Exception), admin.cursor() as cur:
-            cur.execute(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
-        admin.close()
 
 
 @pytest.fixture(scope="module")
@@ -224,7 +195,7 @@ def cluster(tmp_path: Path, pg_url: str, media: MediaServer) -> Iterator[Cluster
         c.stop_all()
 
 
-def insert_ids(pg: Pg, prefix: str, n: int) -> list[str]:
+def insert_ids(pg: Db, prefix: str, n: int) -> list[str]:
     """Queue ``prefix-0001`` ... with one plain INSERT ... SELECT (the trigger NOTIFYs once)."""
     pg.q("INSERT INTO videos (video_id) SELECT %s || lpad(g::text, 4, '0') FROM generate_series(1, %s) g",
          (prefix + "-", n))
@@ -235,7 +206,7 @@ def gets_per_id(media: MediaServer, ids: list[str]) -> Counter[str]:
     return Counter({i: media.body_requests(i) for i in ids})
 
 
-def wait_all_done(pg: Pg, cluster: Cluster, n: int, timeout: float, killed: int | None = None) -> dict[str, int]:
+def wait_all_done(pg: Db, cluster: Cluster, n: int, timeout: float, killed: int | None = None) -> dict[str, int]:
     def check() -> dict[str, int] | None:
         alive = [a for i, a in enumerate(cluster.alive()) if i != killed]
         assert all(alive), f"a daemon died: {cluster.alive()}\n{cluster.logs()}"
@@ -248,7 +219,7 @@ def wait_all_done(pg: Pg, cluster: Cluster, n: int, timeout: float, killed: int 
         raise
 
 
-def running_leases(pg: Pg) -> dict[str, str]:
+def running_leases(pg: Db) -> dict[str, str]:
     return {v: o for v, o in pg.q("SELECT video_id, lease_owner FROM videos WHERE status = 'running'")}
 
 
@@ -257,7 +228,7 @@ def running_leases(pg: Pg) -> dict[str, str]:
 
 def test_three_daemons_drain_600_ids_once_each(cluster: Cluster, media: MediaServer) -> None:
     cluster.start(3, workers=2)
-    pg = Pg(cluster.db_url)
+    pg = Db(cluster.db_url)
     try:
         started = time.monotonic()
         ids = insert_ids(pg, "drain", 600)
@@ -326,7 +297,7 @@ def test_sigkill_one_daemon_others_take_over_after_lease(cluster: Cluster, media
     n = 60
     media.rate_bps = 48 * 1024  # 16 KiB in ~0.35 s per download: the run lasts several seconds
     cluster.start(3, workers=2, lease="3s")
-    pg = Pg(cluster.db_url)
+    pg = Db(cluster.db_url)
     try:
         children: list[psutil.Process] = []
         ids = insert_ids(pg, "kill", n)
@@ -382,7 +353,7 @@ def test_pg_terminate_backend_mid_run(cluster: Cluster, media: MediaServer) -> N
     n = 90
     media.rate_bps = 64 * 1024
     cluster.start(3, workers=2, lease="6s")
-    pg = Pg(cluster.db_url)
+    pg = Db(cluster.db_url)
     try:
         ids = insert_ids(pg, "term", n)
         wait_until(lambda: pg.done() >= 15, timeout=30, message="run did not start")
@@ -480,10 +451,10 @@ def test_postgres_restart_mid_run(tmp_path: Path, private_pg: PrivatePg, media: 
     media.rate_bps = 48 * 1024
     with fresh_database(private_pg.url) as url:
         cluster = Cluster(tmp_path, url, media)
-        pg: Pg | None = None
+        pg: Db | None = None
         try:
             cluster.start(2, workers=2, lease="6s")
-            pg = Pg(url)
+            pg = Db(url)
             ids = insert_ids(pg, "restart", n)
             wait_until(lambda: pg.done() >= 10, timeout=30, message="run did not start")
             in_flight = set(running_leases(pg))
@@ -519,7 +490,7 @@ def test_postgres_restart_mid_run(tmp_path: Path, private_pg: PrivatePg, media: 
 
 def test_instant_pickup_of_a_plain_sql_insert(cluster: Cluster, media: MediaServer) -> None:
     cluster.start(1, workers=2, poll="30s")
-    pg = Pg(cluster.db_url)
+    pg = Db(cluster.db_url)
     try:
         insert_ids(pg, "warm", 2)  # warm the children up; first jobs pay yt-dlp's start-up
         wait_until(lambda: pg.done() == 2, timeout=30, message="warm-up rows not done")
@@ -548,7 +519,7 @@ def test_a_claim_that_times_out_is_not_leaked(cluster: Cluster, media: MediaServ
     daemon keeps renewing while no worker holds them."""
     cluster.start(1, workers=2, lease="30s")
     cfg = cluster.configs[0]
-    pg = Pg(cluster.db_url)
+    pg = Db(cluster.db_url)
     locker = _connect(cluster.db_url)
     try:
         assert vfd.ctl(cfg, "pause").returncode == 0

@@ -242,6 +242,41 @@ def test_sigkilled_child_costs_only_its_own_job(tmp_path: Path) -> None:
         assert c["worker_restarts"] >= 1 and c["stalled_killed"] == 0 and c["failed"] == 0, c
 
 
+def test_idle_child_death_is_noticed_and_costs_no_attempt(tmp_path: Path) -> None:
+    with MediaServer(default_size=8 * KiB) as srv:
+        cfg = vfd.write_config(tmp_path, url_template=srv.url_template, download={"workers": 2})
+        db = tmp_path / "queue.db"
+        with running(cfg) as d:
+            st = query(cfg)
+            victim = st["workers"][0]
+            other = st["workers"][1]
+            assert victim["state"] == "idle" and victim["pid"]
+            os.kill(victim["pid"], signal.SIGKILL)
+            wait_until(lambda: not alive(victim["pid"]), timeout=10)
+            # status must not go on showing a dead child as an idle worker (checked last, below)
+
+            def slot_of_victim() -> dict[str, Any]:
+                return next(w for w in query(cfg)["workers"] if w["slot"] == victim["slot"])
+
+            deadline = time.monotonic() + 3.0
+            while (w := slot_of_victim())["pid"] == victim["pid"] and w["state"] == "idle" \
+                    and time.monotonic() < deadline:
+                time.sleep(0.1)
+            shown_after_death = slot_of_victim()
+            ids = [f"after-idle-death-{i}" for i in range(6)]
+            assert vfd.ctl(cfg, "add", *ids).returncode == 0
+            wait_until(lambda: all_done(db, ids), timeout=30, message="jobs after an idle child died")
+            rows = by_id(db)
+            assert all(rows[i]["attempts"] == 1 for i in ids), {i: rows[i]["attempts"] for i in ids}
+            st = query(cfg)
+            assert st["counters"]["failed"] == 0 and st["counters"]["retried"] == 0, st["counters"]
+            assert next(w for w in st["workers"] if w["slot"] == other["slot"])["pid"] == other["pid"]
+            assert all(alive(w["pid"]) for w in st["workers"]), st["workers"]
+            assert d.stop() == 0
+        assert shown_after_death["pid"] != victim["pid"] or shown_after_death["state"] != "idle", \
+            f"3 s after its child died, status still shows slot {victim['slot']} as {shown_after_death}"
+
+
 # -- recycling --------------------------------------------------------------------------------------
 
 def test_children_are_recycled_and_stay_under_the_rss_limit(tmp_path: Path) -> None:
@@ -314,6 +349,29 @@ def test_http_429_pauses_the_site_without_burning_attempts(tmp_path: Path) -> No
             assert d.stop() == 0
         assert {r["status"] for r in vfd.rows(db)} == {"queued"}
         assert all(r["attempts"] == 0 for r in vfd.rows(db))
+
+
+def test_site_pause_ends_and_the_throttled_row_then_downloads(tmp_path: Path) -> None:
+    with MediaServer(default_size=8 * KiB) as srv:
+        srv.configure("throttled-once", fail_status=429, fail_times=1)
+        cfg = vfd.write_config(tmp_path, url_template=srv.url_template,
+                               download={"workers": 2, "throttle_cooldown": "3s"})
+        db = tmp_path / "queue.db"
+        with running(cfg) as d:
+            assert vfd.ctl(cfg, "add", "throttled-once").returncode == 0
+            st = wait_until(lambda: (s := query(cfg))["site_pauses"] and s, timeout=30, message="no site pause")
+            t_paused = time.monotonic()
+            assert vfd.ctl(cfg, "add", "waits-for-site").returncode == 0
+            wait_until(lambda: all_done(db, ["throttled-once", "waits-for-site"]), timeout=30,
+                       message="rows not downloaded after the site pause")
+            assert time.monotonic() - t_paused > 2.0, "rows were claimed during the site pause"
+            rows = by_id(db)
+            assert rows["throttled-once"]["attempts"] == 1, "the throttled attempt was counted"
+            assert rows["waits-for-site"]["attempts"] == 1
+            st = query(cfg)
+            assert st["site_pauses"] == {} and not any("throttl" in n for n in st["notes"]), st
+            assert st["counters"]["failed"] == 0
+            assert d.stop() == 0
 
 
 # -- the crash breaker --------------------------------------------------------------------------------
