@@ -18,7 +18,7 @@ from .errors import InvalidVideoId
 MAX_ID_LENGTH = 200
 MAX_URL_LENGTH = 4096
 #: letters, digits and the punctuation real extractors use in IDs; no '/', '\\', spaces or '='
-_ID_RE = re.compile(r"[A-Za-z0-9_\-][A-Za-z0-9_\-.:@~+]*")
+ID_RE = re.compile(r"[A-Za-z0-9_\-][A-Za-z0-9_\-.:@~+]*")
 
 
 class ErrorKind(str, enum.Enum):
@@ -65,7 +65,7 @@ def validate_video_id(video_id: str) -> str:
         raise InvalidVideoId(f"video ID too long ({len(video_id)} characters, at most {MAX_ID_LENGTH})")
     if any(ord(c) < 32 or ord(c) == 127 for c in video_id):
         raise InvalidVideoId(f"video ID {shown!r} contains control characters")
-    if video_id in (".", "..") or not _ID_RE.fullmatch(video_id):
+    if video_id in (".", "..") or not ID_RE.fullmatch(video_id):
         raise InvalidVideoId(
             f"invalid video ID {shown!r}: use letters, digits and - _ . : @ ~ + "
             "(no spaces, slashes or '='); give a full http(s) URL to queue a page")

@@ -30,7 +30,7 @@ from typing import Any
 from . import library
 from .config import ScanConfig
 from .errors import VideofetchdError
-from .jobs import _ID_RE, MAX_ID_LENGTH
+from .jobs import ID_RE, MAX_ID_LENGTH
 from .library import DoneFile
 from .store import Store
 
@@ -119,7 +119,7 @@ Found = DoneFile
 
 def is_valid_id(text: str) -> bool:
     """Exactly what ``jobs.validate_video_id`` accepts, without building an exception per miss."""
-    return len(text) <= MAX_ID_LENGTH and text not in (".", "..") and _ID_RE.fullmatch(text) is not None
+    return len(text) <= MAX_ID_LENGTH and text not in (".", "..") and ID_RE.fullmatch(text) is not None
 
 
 def _utf8(name: str) -> bool:
@@ -177,7 +177,7 @@ class Walker:
     def _directory(self, directory: str, fd: int, entries: list[os.DirEntry[str]],
                    stack: list[str], out: list[Found]) -> None:
         # the hot loop: about 100,000 files per second of one core, so locals and few calls
-        tally, exts, id_ok, not_id = self.tally, self.exts, _ID_RE.fullmatch, _NOT_AN_ID.fullmatch
+        tally, exts, id_ok, not_id = self.tally, self.exts, ID_RE.fullmatch, _NOT_AN_ID.fullmatch
         base = directory if directory.endswith("/") else directory + "/"
         sidecars = {e.name[:-10] for e in entries if e.name.endswith(SIDECAR_SUFFIX)}
         files = partial = 0
