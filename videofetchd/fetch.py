@@ -87,7 +87,7 @@ async def run_fetch(cfg: Config, *, num_workers: int | None = None, existing_vid
         store.close()
     c = sup.counters
     return FetchSummary(completed=c.completed, failed=c.failed, retried=c.retried,
-                        queue=dict(sup.queue_counts), failures=list(sup.failures), scanned=scanned)
+                        queue=dict(sup.queue_counts), failures=list(sup.recorder.failures), scanned=scanned)
 
 
 async def _draw(sup: Supervisor, cfg: Config, out: TextIO) -> None:

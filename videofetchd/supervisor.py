@@ -13,7 +13,6 @@ import asyncio
 import collections
 import functools
 import logging
-import random
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -24,7 +23,8 @@ import psutil
 
 from .config import Config
 from .errors import DatabaseUnavailable, InvalidVideoId
-from .jobs import ErrorKind, Job, Outcome, backoff_delay, site_of, url_for
+from .jobs import ErrorKind, Job, Outcome, site_of, url_for
+from .recorder import Counters, Recorder
 from .slots import Slot, stop_helpers, wait_gone
 from .store import Claimed, Store
 
@@ -35,17 +35,6 @@ BUSY_TICK_S = 0.25  # loop period while downloads run: bounds stall-detection la
 COUNTS_EVERY_S = 2.0
 DB_CALL_TIMEOUT_S = 10.0
 MAX_IDLE_S = 1.0  # the loop turns at least this often, even with nothing to do
-
-
-@dataclass
-class Counters:
-    completed: int = 0
-    failed: int = 0
-    retried: int = 0
-    stalled_killed: int = 0
-    worker_restarts: int = 0
-    recycled: int = 0
-    lost_leases: int = 0
 
 
 @dataclass
@@ -70,9 +59,9 @@ class Supervisor:
         self.stopping = False
         self.drain_deadline = 0.0
         self.counters = Counters()
+        self.site_pauses: dict[str, float] = {}  # site -> monotonic end of pause
         self.db_health = DbHealth()
         self.queue_counts: dict[str, int] = {}
-        self.site_pauses: dict[str, float] = {}  # site -> monotonic end of pause
         self.deaths: collections.deque[float] = collections.deque()
         self.crash_pause_until = 0.0
         self.started_at = time.monotonic()
@@ -86,8 +75,7 @@ class Supervisor:
         self._lost: set[int] = set()
         self._db_call_since: float | None = None
         self._liveness_at = 0.0
-        self._rng = random.Random()
-        self.failures: list[tuple[str, str]] = []  # (video_id, reason) for the one-shot summary
+        self.recorder = Recorder(store, self.db, self.counters, self.site_pauses)
 
     # -- plumbing -------------------------------------------------------------------------------
 
@@ -290,44 +278,7 @@ class Supervisor:
             self.db_health.pending.append((job, outcome))
 
     async def _write_outcome(self, job: Job, o: Outcome) -> None:
-        d, st = self.cfg.download, self.store
-        if o.ok:
-            kept = await self.db(st.finish, job.row_id, job.claim_token, file_path=o.file_path or "",
-                                 file_size=o.file_size or 0, extractor=o.extractor)
-            self.counters.completed += kept
-            log.info("job %s done: %s (%d bytes)", job.video_id, o.file_path, o.file_size or 0)
-            site = site_of(job.url)
-            if site in self.site_pauses:
-                await self.db(st.clear_site, site)
-        elif o.kind is None:  # daemon stopping: hand the row back, attempt not counted
-            kept = await self.db(st.release, job.row_id, job.claim_token, reason="daemon stopped")
-        elif o.kind in (ErrorKind.PERMANENT, ErrorKind.INVALID):
-            kept = await self.db(st.fail, job.row_id, job.claim_token, error=o.error or "", kind=o.kind.value)
-            self._failed(job, o.error or "")
-        elif o.kind is ErrorKind.THROTTLED:
-            site = site_of(job.url)
-            pause = await self.db(st.pause_site, site, d.throttle_cooldown, o.error or "throttled")
-            self.site_pauses[site] = time.monotonic() + pause
-            log.warning("site %s throttles us (%s); pausing it for %.0fs", site, o.error, pause)
-            kept = await self.db(st.release, job.row_id, job.claim_token, delay_s=pause, reason=o.error)
-        else:
-            delay = backoff_delay(job.attempt, d.retry_backoff, d.retry_backoff_max, self._rng)
-            kept = await self.db(st.retry_later, job.row_id, job.claim_token, error=o.error or "",
-                                 kind=o.kind.value, delay_s=delay, max_attempts=d.max_attempts)
-            if job.attempt >= d.max_attempts:
-                self._failed(job, o.error or "")
-            else:
-                self.counters.retried += 1
-                log.warning("job %s failed (attempt %d/%d, %s): %s; retry in %.0fs", job.video_id,
-                            job.attempt, d.max_attempts, o.kind.value, o.error, delay)
-        if not kept:
-            self.counters.lost_leases += 1
-            log.warning("job %s: lease was lost; its result was not recorded", job.video_id)
-
-    def _failed(self, job: Job, error: str) -> None:
-        self.counters.failed += 1
-        self.failures.append((job.video_id, error))
-        log.error("job %s failed for good (attempt %d): %s", job.video_id, job.attempt, error)
+        await self.recorder.write(job, o, self.cfg.download)
 
     async def _refresh(self, now: float, *, force: bool = False) -> None:
         """Lease renewal, expired leases, counts and held-back results, each on its own period."""
@@ -362,7 +313,8 @@ class Supervisor:
             if force or now - self._pauses_at >= 10.0:
                 self._pauses_at = now
                 pauses = await self.db(self.store.site_pauses)
-                self.site_pauses = {s: now + left for s, left in pauses.items()}
+                self.site_pauses.clear()
+                self.site_pauses.update({s: now + left for s, left in pauses.items()})
         except DatabaseUnavailable as exc:
             self._db_down(exc)
 
@@ -395,7 +347,7 @@ class Supervisor:
             url = url_for(c.video_id, c.url, d.url_template)
         except InvalidVideoId as exc:
             await self.db(self.store.fail, c.row_id, c.claim_token, error=str(exc), kind=ErrorKind.INVALID.value)
-            self._failed(Job(c.row_id, c.video_id, c.url or "", c.attempt, c.claim_token), str(exc))
+            self.recorder.failed(Job(c.row_id, c.video_id, c.url or "", c.attempt, c.claim_token), str(exc))
             return
         site = site_of(url)
         if self.site_pauses.get(site, 0.0) > now:

@@ -1,0 +1,85 @@
+"""Turning job outcomes into queue state: done, failed, retried later, handed back, site paused.
+
+Every write matches the job's claim token, so an outcome whose lease was lost is dropped and
+counted, never written over another daemon's result. Used by the supervisor only.
+"""
+
+from __future__ import annotations
+
+import collections
+import logging
+import random
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import Any
+
+from .config import DownloadConfig
+from .jobs import ErrorKind, Job, Outcome, backoff_delay, site_of
+from .store import Store
+
+log = logging.getLogger(__name__)
+MAX_FAILURES_KEPT = 1000  #: failures remembered for the one-shot summary (newest kept)
+
+
+@dataclass
+class Counters:
+    completed: int = 0
+    failed: int = 0
+    retried: int = 0
+    stalled_killed: int = 0
+    worker_restarts: int = 0
+    recycled: int = 0
+    lost_leases: int = 0
+
+
+class Recorder:
+    def __init__(self, store: Store, db: Callable[..., Awaitable[Any]], counters: Counters,
+                 site_pauses: dict[str, float]) -> None:
+        self.store = store
+        self.db = db
+        self.counters = counters
+        self.site_pauses = site_pauses  # shared with the supervisor: site -> monotonic end of pause
+        self.failures: collections.deque[tuple[str, str]] = collections.deque(maxlen=MAX_FAILURES_KEPT)
+        self._rng = random.Random()
+
+    async def write(self, job: Job, o: Outcome, d: DownloadConfig) -> None:
+        """Record one outcome; raises DatabaseUnavailable (the caller keeps it for later)."""
+        st, token = self.store, job.claim_token
+        if o.ok:
+            kept = await self.db(st.finish, job.row_id, token, file_path=o.file_path or "",
+                                 file_size=o.file_size or 0, extractor=o.extractor)
+            self.counters.completed += kept
+            log.info("job %s done: %s (%d bytes)", job.video_id, o.file_path, o.file_size or 0)
+            site = site_of(job.url)
+            if site in self.site_pauses:
+                await self.db(st.clear_site, site)
+        elif o.kind is None:  # daemon stopping: hand the row back, attempt not counted
+            kept = await self.db(st.release, job.row_id, token, reason="daemon stopped")
+        elif o.kind in (ErrorKind.PERMANENT, ErrorKind.INVALID):
+            kept = await self.db(st.fail, job.row_id, token, error=o.error or "", kind=o.kind.value)
+            self.failed(job, o.error or "")
+        elif o.kind is ErrorKind.THROTTLED:
+            site = site_of(job.url)
+            pause = await self.db(st.pause_site, site, d.throttle_cooldown, o.error or "throttled")
+            self.site_pauses[site] = time.monotonic() + pause
+            log.warning("site %s throttles us (%s); pausing it for %.0fs", site, o.error, pause)
+            kept = await self.db(st.release, job.row_id, token, delay_s=pause, reason=o.error)
+        else:
+            delay = backoff_delay(job.attempt, d.retry_backoff, d.retry_backoff_max, self._rng)
+            kept = await self.db(st.retry_later, job.row_id, token, error=o.error or "",
+                                 kind=o.kind.value, delay_s=delay, max_attempts=d.max_attempts)
+            if job.attempt >= d.max_attempts:
+                self.failed(job, o.error or "")
+            else:
+                self.counters.retried += 1
+                log.warning("job %s failed (attempt %d/%d, %s): %s; retry in %.0fs", job.video_id,
+                            job.attempt, d.max_attempts, o.kind.value, o.error, delay)
+        if not kept:
+            self.counters.lost_leases += 1
+            log.warning("job %s: lease was lost; its result was not recorded", job.video_id)
+
+    def failed(self, job: Job, error: str) -> None:
+        self.counters.failed += 1
+        self.failures.append((job.video_id, error))
+        log.error("job %s failed for good (attempt %d): %s", job.video_id, job.attempt, error)
