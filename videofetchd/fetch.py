@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import dataclasses
+import functools
 import logging
 import signal
 import sys
@@ -74,7 +75,7 @@ async def run_fetch(cfg: Config, *, num_workers: int | None = None, existing_vid
     sup = Supervisor(cfg, store, node=cfg.node_name(), one_shot=True)
     handlers = {signal.SIGTERM: False, signal.SIGINT: True}
     for sig, quick in handlers.items():
-        loop.add_signal_handler(sig, sup.request_stop, quick)  # type: ignore[arg-type]
+        loop.add_signal_handler(sig, functools.partial(sup.request_stop, quick=quick))
     task = asyncio.create_task(sup.run())
     drawer = asyncio.create_task(_draw(sup, cfg, live)) if live is not None else None
     try:

@@ -21,6 +21,11 @@ MAX_URL_LENGTH = 4096
 ID_RE = re.compile(r"[A-Za-z0-9_\-][A-Za-z0-9_\-.:@~+]*")
 
 
+PHASE_IDLE, PHASE_EXTRACTING, PHASE_DOWNLOADING, PHASE_POSTPROCESSING = 0, 1, 2, 3
+PHASE_NAMES = {PHASE_IDLE: "idle", PHASE_EXTRACTING: "extracting", PHASE_DOWNLOADING: "downloading",
+               PHASE_POSTPROCESSING: "postprocessing"}
+
+
 class ErrorKind(str, enum.Enum):
     """How a failed attempt is treated."""
 

@@ -22,8 +22,7 @@ import psutil
 
 from . import worker
 from .config import DownloadConfig
-from .download import PHASE_NAMES, PHASE_POSTPROCESSING
-from .jobs import Job
+from .jobs import PHASE_NAMES, PHASE_POSTPROCESSING, Job
 
 log = logging.getLogger(__name__)
 _ctx: multiprocessing.context.BaseContext | None = None
@@ -34,7 +33,7 @@ def mp_context() -> multiprocessing.context.BaseContext:
     global _ctx
     if _ctx is None:
         ctx = multiprocessing.get_context("forkserver")
-        ctx.set_forkserver_preload(["videofetchd.worker"])  # imports yt_dlp and our download code
+        ctx.set_forkserver_preload(["videofetchd.preload"])  # yt_dlp loaded and compiled once
         _ctx = ctx
     return _ctx
 

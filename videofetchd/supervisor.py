@@ -302,6 +302,7 @@ class Supervisor:
                             and slot.kill_sent_at is None:
                         self._lost.add(slot.job.row_id)
                         slot.kill("lease lost", grace=self.cfg.download.kill_grace, now=now)
+                await self._release_strays(kept)
             if force or now - self._expired_at >= min(lease / 2, 30.0):
                 self._expired_at = now
                 n = await self.db(self.store.requeue_expired, self.cfg.download.max_attempts)
@@ -317,6 +318,16 @@ class Supervisor:
                 self.site_pauses.update({s: now + left for s, left in pauses.items()})
         except DatabaseUnavailable as exc:
             self._db_down(exc)
+
+    async def _release_strays(self, kept: set[tuple[int, str]]) -> None:
+        """Rows leased to this node that no slot runs: a claim whose answer never reached us
+        (timed out, connection lost after commit). Renewal would keep them forever; hand them back."""
+        ours = {(s.job.row_id, s.job.claim_token) for s in self.slots if s.job}
+        ours.update((job.row_id, job.claim_token) for job, _ in self.db_health.pending)
+        for row_id, token in kept - ours:
+            log.warning("row %d is leased to %s but runs nowhere (a claim's answer was lost); releasing it",
+                        row_id, self.node)
+            await self.db(self.store.release, row_id, token, reason="claim answer lost")
 
     async def _dispatch(self, now: float) -> None:
         idle = [s for s in self.slots if s.ready]

@@ -4,7 +4,8 @@ The child leads its own process group (so a kill reaches ffmpeg too), ignores SI
 parent owns those), dies with its forkserver parent (PR_SET_PDEATHSIG), and reports progress by
 writing a few doubles into shared memory that the parent reads on its own schedule. Progress is
 written only from yt-dlp's hooks, i.e. from real bytes: a timer thread here would hide a hang.
-It never touches the database.
+It never touches the database, and imports yt-dlp only through ``download`` (preloaded into the
+forkserver by ``preload``), so the parent that imports this module for its entry points stays small.
 """
 
 from __future__ import annotations
@@ -17,9 +18,13 @@ import threading
 import time
 from collections.abc import MutableSequence
 
+from typing import TYPE_CHECKING
+
 from .config import DownloadConfig
-from .download import PHASE_DOWNLOADING, PHASE_IDLE, Downloader, warm_imports
-from .jobs import ErrorKind, Job, Outcome
+from .jobs import PHASE_DOWNLOADING, PHASE_IDLE, ErrorKind, Job, Outcome
+
+if TYPE_CHECKING:
+    from .download import Downloader
 
 # Layout of the per-slot shared array of doubles.
 PID, BEAT, PHASE, DONE_BYTES, TOTAL_BYTES, SPEED, ETA, ROW_ID, JOBS = range(9)
@@ -104,6 +109,7 @@ def _downloader_for(cfg: DownloadConfig, generation: int) -> Downloader:
     global _downloader, _generation
     assert _shared is not None, "init_child did not run"
     if _downloader is None or generation != _generation:
+        from .download import Downloader  # preloaded in the forkserver; the parent never needs it
         _downloader = Downloader(cfg, _SharedReporter(_shared))
         _generation = generation
     return _downloader
@@ -111,7 +117,6 @@ def _downloader_for(cfg: DownloadConfig, generation: int) -> Downloader:
 
 def warm(cfg: DownloadConfig, generation: int) -> int:
     """Build the YoutubeDL for this generation before the first job arrives; returns the pid."""
-    warm_imports()
     _downloader_for(cfg, generation)
     return os.getpid()
 
