@@ -2,7 +2,7 @@
 
     .venv/bin/python bench/multihost_bench.py claims   [--sizes 1000,1000000] [--backends sqlite,postgres]
     .venv/bin/python bench/multihost_bench.py latency  [--samples 20]
-    .venv/bin/python bench/multihost_bench.py scaleout [--files 48] [--size 1MiB] [--rate 16mbit]
+    .venv/bin/python bench/multihost_bench.py scaleout [--files 48] [--size 1MiB] [--rate 4mbit]
     .venv/bin/python bench/multihost_bench.py all
 
 claims:   ``store.claim(owner, n, lease)`` in a loop (batches of 1 and of 8, each claimed row then
@@ -552,7 +552,7 @@ def main() -> int:
     p.add_argument("--samples", type=int, default=20)
     p.add_argument("--files", type=int, default=48)
     p.add_argument("--size", default="1MiB")
-    p.add_argument("--rate", default="16mbit")
+    p.add_argument("--rate", default="4mbit")
     p.add_argument("--workers", type=int, default=2)
     args = p.parse_args()
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # run the clean-ups (netns, servers)

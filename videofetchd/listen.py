@@ -32,6 +32,7 @@ class PgListener:
         delay = 0.5
         while True:
             conn: Any = None
+            fd = -1
             try:
                 conn = await loop.run_in_executor(None, lambda: psycopg2.connect(
                     self.url, connect_timeout=5, keepalives=1, keepalives_idle=10, keepalives_interval=5,
@@ -40,20 +41,21 @@ class PgListener:
                 with conn.cursor() as cur:
                     cur.execute(f"LISTEN {NOTIFY_CHANNEL}")
                 self._broken.clear()
-                loop.add_reader(conn.fileno(), self._readable, conn)
+                fd = conn.fileno()  # kept: once libpq drops a broken socket, fileno() raises
+                loop.add_reader(fd, self._readable, conn)
                 self.connected = True
                 delay = 0.5
                 self.on_notify()  # rows may have arrived while we were not listening
                 await self._broken.wait()
             except psycopg2.Error as exc:
                 log.warning("LISTEN connection failed: %s; polling meanwhile", str(exc).strip())
+            except Exception:  # noqa: BLE001 - the listener must never die silently; polling covers meanwhile
+                log.exception("LISTEN connection failed unexpectedly; polling meanwhile")
             finally:
                 self.connected = False
+                if fd >= 0:
+                    loop.remove_reader(fd)
                 if conn is not None:
-                    try:
-                        loop.remove_reader(conn.fileno())
-                    except (ValueError, OSError):
-                        pass
                     conn.close()
             await asyncio.sleep(delay)
             delay = min(30.0, delay * 2)

@@ -22,6 +22,7 @@ import peewee
 from . import models
 from .config import parse_database_url
 from .errors import ConfigError, DatabaseUnavailable
+from .jobs import throttle_delay
 
 T = TypeVar("T")
 _ADD_BATCH = 500
@@ -279,7 +280,6 @@ class Store:
     @_db_errors
     def pause_site(self, site: str, base_s: float, reason: str) -> float:
         """Record a throttling answer from ``site``; returns the pause length in seconds."""
-        from .jobs import throttle_delay
         rows = self.read(f"SELECT strikes, until > {self.now} FROM site_backoff WHERE site = ?", [site])
         strikes = (rows[0][0] + 1) if rows else 1
         if rows and rows[0][1]:  # already paused: another worker hit the same wall; keep the pause

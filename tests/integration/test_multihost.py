@@ -219,6 +219,13 @@ def wait_all_done(pg: Db, cluster: Cluster, n: int, timeout: float, killed: int 
         raise
 
 
+def database_ok(cfg: Path) -> bool:
+    """``status --json`` database.ok; the control socket itself must keep answering."""
+    r = vfd.ctl(cfg, "status", "--json", timeout=20)
+    assert r.returncode == 0, f"control socket stopped answering after the database outage: {r.stderr[-400:]}"
+    return json.loads(r.stdout)["database"]["ok"] is True
+
+
 def running_leases(pg: Db) -> dict[str, str]:
     return {v: o for v, o in pg.q("SELECT video_id, lease_owner FROM videos WHERE status = 'running'")}
 
@@ -376,10 +383,12 @@ def test_pg_terminate_backend_mid_run(cluster: Cluster, media: MediaServer) -> N
         files = cluster.final_files()
         assert sorted(files) == sorted(ids) and all(len(p) == 1 for p in files.values())
         assert all(cluster.alive())
+        # the LISTEN connections came back (one per daemon), the control sockets still answer
+        wait_until(lambda: pg.q("SELECT count(*) FROM pg_stat_activity WHERE datname = %s AND "
+                                "application_name = 'videofetchd-listen'", (dbname,))[0][0] == 3,
+                   timeout=20, message="the daemons' LISTEN connections did not come back")
         for cfg in cluster.configs:
-            wait_until(lambda: vfd.status(cfg)["database"]["ok"] is True, timeout=30,
-                       message="database.ok did not come back")
-        # the LISTEN connections came back too: a row inserted now is picked up without polling
+            wait_until(lambda: database_ok(cfg), timeout=30, message="database.ok did not come back")
         pg.q("INSERT INTO videos (video_id) VALUES ('term-after')")
         wait_until(lambda: pg.done() == n + 1, timeout=10, message="no pickup after reconnect")
     finally:
@@ -478,9 +487,11 @@ def test_postgres_restart_mid_run(tmp_path: Path, private_pg: PrivatePg, media: 
             assert sorted(files) == sorted(ids)
             for v, paths in files.items():
                 assert len(paths) <= (2 if v in in_flight else 1), (v, paths)
+            wait_until(lambda: pg.q("SELECT count(*) FROM pg_stat_activity WHERE datname = %s AND "
+                                    "application_name = 'videofetchd-listen'", (url.rsplit("/", 1)[1],))[0][0] == 2,
+                       timeout=20, message="the daemons' LISTEN connections did not come back")
             for cfg in cluster.configs:
-                wait_until(lambda: vfd.status(cfg)["database"]["ok"] is True, timeout=30,
-                           message="database.ok did not come back")
+                wait_until(lambda: database_ok(cfg), timeout=30, message="database.ok did not come back")
         finally:
             if pg is not None:
                 pg.close()
@@ -542,4 +553,28 @@ def test_a_claim_that_times_out_is_not_leaked(cluster: Cluster, media: MediaServ
         assert [media.body_requests(v) for v in ids] == [GETS_PER_DOWNLOAD] * 2
     finally:
         locker.close()
+        pg.close()
+
+
+def test_restart_with_the_same_node_name_does_not_keep_dead_leases(cluster: Cluster, media: MediaServer) -> None:
+    """A daemon SIGKILLed and started again with the same config (same database.node_name, as
+    systemd's Restart= does) must not renew the leases of the jobs its predecessor lost."""
+    media.rate_bps = 8 * 1024  # 16 KiB take ~2 s: both jobs are surely in flight when we kill
+    cluster.start(1, workers=2, lease="3s")
+    pg = Db(cluster.db_url)
+    try:
+        ids = insert_ids(pg, "reborn", 2)
+        wait_until(lambda: all(media.body_requests(v) >= GETS_PER_DOWNLOAD for v in ids), timeout=20,
+                   message="jobs never started")
+        cluster.daemons[0].kill()
+        assert set(running_leases(pg).values()) == {cluster.nodes[0]}
+        media.rate_bps = None
+        cluster.daemons[0] = vfd.Daemon(cluster.configs[0])  # same config, same node name
+        try:
+            wait_until(lambda: pg.done() == 2, timeout=20, interval=0.2, message="rows never done")
+        except AssertionError:
+            rows = pg.q("SELECT video_id, status, lease_owner, lease_expires - extract(epoch FROM clock_timestamp()) "
+                        "FROM videos")
+            raise AssertionError(f"the restarted daemon keeps its predecessor's leases alive: {rows}") from None
+    finally:
         pg.close()
