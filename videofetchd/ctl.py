@@ -145,7 +145,10 @@ def cmd_list(args: argparse.Namespace, cfg: config_mod.Config, out: TextIO) -> i
         out.write(json.dumps(rows, indent=1) + "\n")
         return EXIT_OK
     for r in rows:
-        where = r["file_path"] or r["last_error"] or ""
+        if r["status"] == "running":
+            where = f"on {r['lease_owner']}"
+        else:
+            where = r["file_path"] or r["last_error"] or ""
         out.write(f"{r['video_id']:<24} {r['status']:<8} attempts {r['attempts']:<2} {where}\n")
     return EXIT_OK
 
