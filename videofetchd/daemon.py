@@ -53,6 +53,7 @@ class Daemon:
         node = self.cfg.node_name()
         await loop.run_in_executor(None, self._requeue_dead_local, store)
         self.sup = sup = Supervisor(self.cfg, store, node=node)
+        sup.scanning = bool(self.cfg.scan.directories)  # the start-up scan goes first
         for sig in (signal.SIGHUP, signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, self._record_signal, sig)
         self.server = ControlServer(self.cfg.control.socket, int(self.cfg.control.mode, 8), {
@@ -188,6 +189,8 @@ class Daemon:
         if self.scan_task is not None and not self.scan_task.done():
             log.info("a scan is already running; the new directory list is scanned next start or reload")
             return
+        assert self.sup is not None
+        self.sup.scanning = True
         self.scan_task = asyncio.create_task(self._scan(cfg), name="scan")
 
     async def _scan(self, cfg: Config) -> None:
@@ -199,12 +202,15 @@ class Daemon:
         try:
             report = await loop.run_in_executor(
                 None, lambda: scan_into_store(store, list(cfg.scan.directories), cfg.scan))
+            log.info("scan of %s: %s", ", ".join(cfg.scan.directories), report.summary())
         except VideofetchdError as exc:
             log.error("scan of %s refused: %s", ", ".join(cfg.scan.directories), exc)
-            return
-        log.info("scan of %s: %s", ", ".join(cfg.scan.directories), report.summary())
-        if self.sup is not None:
-            self.sup.wake(claim=True)
+        except Exception:  # noqa: BLE001 - a scanner bug must not stop downloads for good
+            log.exception("scan of %s failed", ", ".join(cfg.scan.directories))
+        finally:
+            if self.sup is not None:
+                self.sup.scanning = False  # claims were held while the scan ran
+                self.sup.wake(claim=True)
 
     def _status_line(self) -> str:
         sup = self.sup

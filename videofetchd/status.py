@@ -62,6 +62,8 @@ def snapshot(sup: Supervisor, info: ConfigInfo) -> dict[str, Any]:
     for site, until in sorted(sup.site_pauses.items()):
         if until > now:
             notes.append(f"site {site} paused for {until - now:.0f}s (throttled)")
+    if sup.scanning:
+        notes.append("library scan running: new jobs wait for it")
     if sup.crash_pause_until > now:
         notes.append(f"claiming paused for {sup.crash_pause_until - now:.0f}s: worker children keep dying")
     db = sup.db_health

@@ -56,6 +56,7 @@ class Supervisor:
         self.slots: list[Slot] = []
         self.state = "starting"
         self.paused = False
+        self.scanning = False  # a library scan runs: claiming now could fetch a file it is about to find
         self.stopping = False
         self.drain_deadline = 0.0
         self.counters = Counters()
@@ -331,7 +332,7 @@ class Supervisor:
 
     async def _dispatch(self, now: float) -> None:
         idle = [s for s in self.slots if s.ready]
-        if (not idle or self.paused or not self.db_health.ok or now < self.crash_pause_until
+        if (not idle or self.paused or self.scanning or not self.db_health.ok or now < self.crash_pause_until
                 or now < self._next_claim):
             return
         d = self.cfg.download
