@@ -47,7 +47,7 @@ class DatabaseConfig:
     url: str = "sqlite:////var/lib/videofetchd/videofetchd.db"
     poll_interval: float = _duration(5.0, minimum=0.05)  # seconds between queue polls
     lease_duration: float = _duration(90.0, minimum=2.0)  # seconds a claim is valid without renewal
-    node_name: str = ""  # identifies this daemon in lease_owner; empty = "<hostname>:<pid>"
+    node_name: str = ""  # this host's name in status and lease_owner ("<node_name>:<pid>"); empty = hostname
 
 
 @dataclass(frozen=True)
@@ -103,7 +103,7 @@ class Config:
     path: str = field(default="", metadata={"internal": True})  # the file it came from
 
     def node_name(self) -> str:
-        return self.database.node_name or f"{socket.gethostname()}:{os.getpid()}"
+        return self.database.node_name or socket.gethostname()
 
 
 #: keys a reload cannot apply; they are reported as needing a restart
@@ -334,6 +334,16 @@ def control_socket(path: str | os.PathLike[str] | None = None) -> tuple[str, str
     except (OSError, yaml.YAMLError, KeyError, TypeError, UnicodeDecodeError):
         pass
     return ControlConfig().socket, problem
+
+
+def keep_restart_keys(old: Config, new: Config) -> Config:
+    """``new`` with the old values of the keys a reload cannot apply (the others take effect)."""
+    sections: dict[str, Any] = {}
+    for dotted in RESTART_KEYS:
+        section, key = dotted.split(".")
+        current = sections.get(section, getattr(new, section))
+        sections[section] = dataclasses.replace(current, **{key: getattr(getattr(old, section), key)})
+    return dataclasses.replace(new, **sections)
 
 
 def restart_required(old: Config, new: Config) -> list[str]:

@@ -8,12 +8,12 @@ a second SIGTERM or a SIGINT stops quickly. Either way rows still running go bac
 from __future__ import annotations
 
 import asyncio
-import dataclasses
 import datetime
 import logging
 import os
+import functools
 import signal
-import socket
+import threading
 import time
 from typing import Any
 
@@ -60,7 +60,11 @@ class Daemon:
             "status": self._cmd_status, "ping": self._cmd_ping, "nudge": self._cmd_nudge,
             "reload": self._cmd_reload, "pause": self._cmd_pause, "resume": self._cmd_resume,
         })
-        await self.server.start()
+        try:
+            await self.server.start()
+        except OSError as exc:
+            raise ConfigError(f"control.socket: cannot listen on {self.cfg.control.socket}: "
+                              f"{exc.strerror or exc}") from exc
         task = asyncio.create_task(sup.run(), name="supervisor")
         listener = None
         if store.backend == "postgres":
@@ -89,8 +93,8 @@ class Daemon:
         """READY=1 only when every slot's child is up and the first database pass is done."""
         assert self.sup is not None
         deadline = time.monotonic() + READY_TIMEOUT_S
-        while not (self.sup.state != "starting" and all(s.pid for s in self.sup.slots)):
-            if task.done() or time.monotonic() > deadline:
+        while not (self.sup.started and all(s.pid for s in self.sup.slots)):
+            if task.done() or self.signals or time.monotonic() > deadline:
                 break
             await asyncio.sleep(0.02)
 
@@ -167,7 +171,7 @@ class Daemon:
         restart = config_mod.restart_required(old, new)
         if restart:
             log.warning("reload: %s changed; this needs a restart, the old values stay", ", ".join(restart))
-            new = dataclasses.replace(new, database=self.cfg.database, control=self.cfg.control)
+            new = config_mod.keep_restart_keys(old, new)
         self.cfg = new
         self.info.generation += 1
         self.info.loaded_at = _now_iso()
@@ -199,9 +203,23 @@ class Daemon:
         store = self.store
         assert store is not None
         loop = asyncio.get_running_loop()
+        done: asyncio.Future[Any] = loop.create_future()
+
+        def work() -> None:
+            # a daemon thread, not an executor: a long scan must not hold up the daemon's exit
+            try:
+                result: Any = scan_into_store(store, list(cfg.scan.directories), cfg.scan)
+                settle = functools.partial(_settle, done, result, None)
+            except BaseException as exc:  # noqa: BLE001 - handed to the awaiting task
+                settle = functools.partial(_settle, done, None, exc)
+            try:
+                loop.call_soon_threadsafe(settle)
+            except RuntimeError:
+                pass  # the loop is gone: the daemon has exited
+
+        threading.Thread(target=work, name="scan", daemon=True).start()
         try:
-            report = await loop.run_in_executor(
-                None, lambda: scan_into_store(store, list(cfg.scan.directories), cfg.scan))
+            report = await done
             log.info("scan of %s: %s", ", ".join(cfg.scan.directories), report.summary())
         except VideofetchdError as exc:
             log.error("scan of %s refused: %s", ", ".join(cfg.scan.directories), exc)
@@ -228,16 +246,16 @@ class Daemon:
         return ", ".join(parts)
 
     def _requeue_dead_local(self, store: Store) -> None:
-        """Rows leased by an earlier daemon on this host whose process is gone need not wait for
-        their lease to expire."""
-        host = socket.gethostname()
+        """Rows leased by an earlier process of this node ("<node>:<pid>") whose pid is gone
+        need not wait for their lease to expire."""
+        node = self.cfg.node_name()
         dead = []
         for owner in store.lease_owners():
             name, _, pid = owner.rpartition(":")
-            if name == host and pid.isdigit() and int(pid) != os.getpid() and not _alive(int(pid)):
+            if name == node and pid.isdigit() and int(pid) != os.getpid() and not _alive(int(pid)):
                 dead.append(owner)
         if dead:
-            n = store.requeue_owned(dead)
+            n = store.requeue_owned(dead, self.cfg.download.max_attempts)
             log.warning("requeued %d rows left running by a dead daemon on this host", n)
 
     # -- control commands -------------------------------------------------------------------------
@@ -273,6 +291,15 @@ class Daemon:
         self.sup.wake(claim=True)
         log.info("resumed")
         return {"ok": True, "state": self.sup.state}
+
+
+def _settle(fut: asyncio.Future[Any], result: Any, exc: BaseException | None) -> None:
+    if fut.done():
+        return
+    if exc is not None:
+        fut.set_exception(exc)
+    else:
+        fut.set_result(result)
 
 
 def _alive(pid: int) -> bool:

@@ -56,6 +56,7 @@ class Downloader:
         self.reporter = reporter
         self.logger = _Logger()
         self.finished: dict[str, int] = {}  # file name -> bytes, from 'finished' progress events
+        self.postprocessed = False
         params: dict[str, Any] = {
             "socket_timeout": cfg.socket_timeout,
             "retries": 3,
@@ -111,10 +112,12 @@ class Downloader:
 
     def _on_postprocess(self, d: dict[str, Any]) -> None:
         self.reporter.phase(PHASE_POSTPROCESSING)
+        self.postprocessed = True  # fixups and post-processors rewrite the file: sizes change
 
     def run(self, job: Job) -> Outcome:
         self.logger.errors.clear()
         self.finished.clear()
+        self.postprocessed = False
         self.reporter.phase(PHASE_EXTRACTING)
         shape = self._shape(job)
         try:
@@ -147,9 +150,11 @@ class Downloader:
             size = os.path.getsize(path)
         except OSError:
             return Outcome(False, error=f"final file is missing: {path}", kind=ErrorKind.TRANSIENT)
-        expected = self.finished.get(path)
+        expected = None if self.postprocessed else self.finished.get(path)
         if size == 0 or (expected is not None and size != expected):
-            os.unlink(path)  # a truncated final file would otherwise be taken as downloaded next time
+            # the file is exactly what the downloader wrote, so it is broken: remove it, or the
+            # retry would take it for "already downloaded"
+            os.unlink(path)
             return Outcome(False, error=f"final file has {size} bytes, expected {expected}",
                            kind=ErrorKind.TRANSIENT)
         return Outcome(True, file_path=path, file_size=size, extractor=info.get("extractor_key"))

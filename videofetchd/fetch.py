@@ -35,16 +35,19 @@ class FetchSummary:
     queue: dict[str, int]
     failures: list[tuple[str, str]] = field(default_factory=list)
     scanned: int = 0
+    interrupted: bool = False  #: stopped by a signal before the queue was drained
 
     @property
     def ok(self) -> bool:
-        return self.failed == 0
+        return self.failed == 0 and not self.interrupted
 
     def text(self) -> str:
         lines = [f"fetched {self.completed}, failed {self.failed}, retried {self.retried}; queue now: "
                  + ", ".join(f"{k} {v}" for k, v in self.queue.items())]
         if self.scanned:
             lines.insert(0, f"scan marked {self.scanned} existing files done")
+        if self.interrupted:
+            lines.append("interrupted before the queue was drained; running rows went back to the queue")
         reasons = collections.Counter(reason for _, reason in self.failures)
         for reason, n in reasons.most_common(10):
             examples = [v for v, r in self.failures if r == reason][:3]
@@ -52,9 +55,12 @@ class FetchSummary:
         return "\n".join(lines)
 
 
+MAX_WORKERS = 256  # the same bound as download.workers
+
+
 def _check_workers(num_workers: object) -> int:
-    if isinstance(num_workers, bool) or not isinstance(num_workers, int) or num_workers < 1:
-        raise ValueError(f"num_workers must be a positive integer, got {num_workers!r}")
+    if isinstance(num_workers, bool) or not isinstance(num_workers, int) or not 1 <= num_workers <= MAX_WORKERS:
+        raise ValueError(f"num_workers must be an integer between 1 and {MAX_WORKERS}, got {num_workers!r}")
     return num_workers
 
 
@@ -88,7 +94,8 @@ async def run_fetch(cfg: Config, *, num_workers: int | None = None, existing_vid
         store.close()
     c = sup.counters
     return FetchSummary(completed=c.completed, failed=c.failed, retried=c.retried,
-                        queue=dict(sup.queue_counts), failures=list(sup.recorder.failures), scanned=scanned)
+                        queue=dict(sup.queue_counts), failures=list(sup.recorder.failures), scanned=scanned,
+                        interrupted=sup.stopping)
 
 
 async def _draw(sup: Supervisor, cfg: Config, out: TextIO) -> None:

@@ -22,7 +22,6 @@ class PgListener:
     def __init__(self, url: str, on_notify: Callable[[], None]) -> None:
         self.url = url
         self.on_notify = on_notify
-        self.connected = False
         self._broken = asyncio.Event()
 
     async def run(self) -> None:
@@ -34,16 +33,10 @@ class PgListener:
             conn: Any = None
             fd = -1
             try:
-                conn = await loop.run_in_executor(None, lambda: psycopg2.connect(
-                    self.url, connect_timeout=5, keepalives=1, keepalives_idle=10, keepalives_interval=5,
-                    keepalives_count=3, application_name="videofetchd-listen"))
-                conn.autocommit = True
-                with conn.cursor() as cur:
-                    cur.execute(f"LISTEN {NOTIFY_CHANNEL}")
+                conn = await loop.run_in_executor(None, self._connect)
                 self._broken.clear()
                 fd = conn.fileno()  # kept: once libpq drops a broken socket, fileno() raises
                 loop.add_reader(fd, self._readable, conn)
-                self.connected = True
                 delay = 0.5
                 self.on_notify()  # rows may have arrived while we were not listening
                 await self._broken.wait()
@@ -52,13 +45,23 @@ class PgListener:
             except Exception:  # noqa: BLE001 - the listener must never die silently; polling covers meanwhile
                 log.exception("LISTEN connection failed unexpectedly; polling meanwhile")
             finally:
-                self.connected = False
                 if fd >= 0:
                     loop.remove_reader(fd)
                 if conn is not None:
                     conn.close()
             await asyncio.sleep(delay)
             delay = min(30.0, delay * 2)
+
+    def _connect(self) -> Any:
+        """Connect and LISTEN, off the event loop: a half-open server must not block it."""
+        import psycopg2
+        conn = psycopg2.connect(self.url, connect_timeout=5, keepalives=1, keepalives_idle=10,
+                                keepalives_interval=5, keepalives_count=3, application_name="videofetchd-listen",
+                                options="-c statement_timeout=8000")
+        conn.autocommit = True
+        with conn.cursor() as cur:
+            cur.execute(f"LISTEN {NOTIFY_CHANNEL}")
+        return conn
 
     def _readable(self, conn: Any) -> None:
         import psycopg2

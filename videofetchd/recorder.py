@@ -50,7 +50,8 @@ class Recorder:
             kept = await self.db(st.finish, job.row_id, token, file_path=o.file_path or "",
                                  file_size=o.file_size or 0, extractor=o.extractor)
             self.counters.completed += kept
-            log.info("job %s done: %s (%d bytes)", job.video_id, o.file_path, o.file_size or 0)
+            if kept:
+                log.info("job %s done: %s (%d bytes)", job.video_id, o.file_path, o.file_size or 0)
             site = site_of(job.url)
             if site in self.site_pauses:
                 await self.db(st.clear_site, site)

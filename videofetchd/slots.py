@@ -85,13 +85,14 @@ class Slot:
             self.executor = None
         self.future = self.warm_future = None
         self.job = None
+        self.shared[worker.PID] = 0  # never signal a pid that may have been reused
 
     def stop_child(self) -> None:
         """Ask an idle child to exit (recycling, shrinking, daemon stop)."""
         pid = self.pid
         self.discard()
         if pid:
-            _signal_group(pid, signal.SIGTERM)
+            signal_group(pid, signal.SIGTERM)
 
     @property
     def pid(self) -> int:
@@ -105,7 +106,8 @@ class Slot:
     def ready(self) -> bool:
         """Idle with a warmed-up child: a job sent now starts at once (the stall clock is fair)."""
         return (self.executor is not None and self.job is None and not self.retiring
-                and (self.warm_future is None or self.warm_future.done()))
+                and (self.warm_future is None
+                     or (self.warm_future.done() and self.warm_future.exception() is None)))
 
     def child_lost(self) -> bool:
         """Did the idle child die (warm-up failed, or killed while idle)?"""
@@ -116,7 +118,7 @@ class Slot:
             return False
         try:
             return psutil.Process(pid).status() == psutil.STATUS_ZOMBIE
-        except psutil.Error:
+        except (psutil.Error, OSError):
             return True
 
     @property
@@ -126,7 +128,7 @@ class Slot:
     def rss(self) -> int:
         try:
             return int(psutil.Process(self.pid).memory_info().rss) if self.pid else 0
-        except psutil.Error:
+        except (psutil.Error, OSError):
             return 0
 
     # -- jobs -----------------------------------------------------------------------------------
@@ -169,10 +171,10 @@ class Slot:
         if self.kill_sent_at is None:
             self.kill_sent_at, self.kill_reason = now, reason
             log.warning("slot %d: %s; sending SIGTERM to process group %d", self.index, reason, pid)
-            _signal_group(pid, signal.SIGTERM)
+            signal_group(pid, signal.SIGTERM)
         elif now - self.kill_sent_at >= grace:
             log.warning("slot %d: child %d ignored SIGTERM for %.1fs; sending SIGKILL", self.index, pid, grace)
-            _signal_group(pid, signal.SIGKILL)
+            signal_group(pid, signal.SIGKILL)
 
 
 def stop_helpers() -> None:
@@ -194,17 +196,18 @@ def wait_gone(pids: list[int], timeout: float) -> None:
     for pid in pids:
         try:
             psutil.Process(pid).wait(max(0.0, deadline - time.monotonic()))
-        except (psutil.Error, psutil.TimeoutExpired):
+        except (psutil.Error, OSError):
             pass
 
 
-def _signal_group(pid: int, sig: int) -> None:
+def signal_group(pid: int, sig: int) -> None:
+    """Signal the child's process group (ffmpeg and other helpers included); the child leads it."""
+    if pid <= 0:  # killpg(0) would signal our own group
+        return
     try:
         os.killpg(pid, sig)
-    except ProcessLookupError:
-        pass
-    except PermissionError:  # not (yet) a group leader: signal the process alone
+    except OSError:  # gone already (ESRCH), or not a group leader yet: signal the process alone
         try:
             os.kill(pid, sig)
-        except ProcessLookupError:
+        except OSError:
             pass

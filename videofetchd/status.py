@@ -68,7 +68,7 @@ def snapshot(sup: Supervisor, info: ConfigInfo) -> dict[str, Any]:
         notes.append(f"claiming paused for {sup.crash_pause_until - now:.0f}s: worker children keep dying")
     db = sup.db_health
     return {
-        "v": PROTOCOL_VERSION, "version": __version__, "pid": os.getpid(), "node": sup.node,
+        "v": PROTOCOL_VERSION, "version": __version__, "pid": os.getpid(), "node": sup.node, "lease_owner": sup.owner,
         "state": sup.state, "uptime_s": round(now - sup.started_at, 1),
         "config": asdict(info),
         "database": {"ok": db.ok, "error": db.error, "pending_results": len(db.pending),
@@ -81,8 +81,15 @@ def snapshot(sup: Supervisor, info: ConfigInfo) -> dict[str, Any]:
     }
 
 
-def peer_may_control(sock: socket.socket, socket_path: str) -> bool:
-    """Root, our own user, or a member (primary or supplementary) of the socket file's group."""
+def peer_may_control(sock: socket.socket, socket_path: str, mode: int) -> bool:
+    """Root, our own user, or a member (primary or supplementary) of the socket file's group.
+
+    When the socket's mode grants "other" nothing, the file system has already admitted only
+    the owner and the group, so nothing more is checked. That matters under PrivateUsers=, where
+    SO_PEERCRED shows outside users as nobody and /proc hides their groups.
+    """
+    if not mode & 0o007:
+        return True
     pid, uid, gid = struct.unpack("3i", sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED,
                                                         struct.calcsize("3i")))
     if uid in (0, os.getuid()):
@@ -168,7 +175,7 @@ class ControlServer:
         cmd = request["cmd"]
         if cmd in PRIVILEGED:
             sock = writer.get_extra_info("socket")
-            if sock is None or not peer_may_control(sock, self.path):
+            if sock is None or not peer_may_control(sock, self.path, self.mode):
                 return error_reply(f"permission denied: '{cmd}' needs root, the daemon's user "
                                    "or the control socket's group"), False
         try:

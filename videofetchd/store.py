@@ -61,9 +61,14 @@ def make_database(url: str) -> tuple[peewee.Database, str]:
     if backend == "sqlite":
         path = params["path"]
         if path != ":memory:":
-            os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-        pragmas = {"journal_mode": "wal", "busy_timeout": 10000, "synchronous": "normal"}
-        return peewee.SqliteDatabase(path, pragmas=pragmas, timeout=10), "sqlite"
+            try:
+                os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+            except OSError as exc:
+                raise DatabaseUnavailable(f"cannot create the directory of {path}: {exc.strerror}") from exc
+        # busy_timeout stays below the supervisor's 10 s call timeout, so a locked database
+        # fails the call instead of succeeding just after the caller gave up on it
+        pragmas = {"journal_mode": "wal", "busy_timeout": 5000, "synchronous": "normal"}
+        return peewee.SqliteDatabase(path, pragmas=pragmas, timeout=5), "sqlite"
     try:
         import psycopg2  # noqa: F401  (checked here so the error names the missing extra)
     except ImportError:
@@ -72,7 +77,9 @@ def make_database(url: str) -> tuple[peewee.Database, str]:
     db = peewee.PostgresqlDatabase(
         params.pop("dbname"), **params, connect_timeout=5, application_name="videofetchd",
         # a dead server or network must surface as an error, not a call that hangs forever
-        keepalives=1, keepalives_idle=10, keepalives_interval=5, keepalives_count=3)
+        keepalives=1, keepalives_idle=10, keepalives_interval=5, keepalives_count=3,
+        # a lock held by another session must fail the call, not block the database thread
+        options="-c statement_timeout=8000 -c lock_timeout=5000")
     return db, "postgres"
 
 
@@ -210,11 +217,18 @@ class Store:
     @_db_errors
     def finish(self, row_id: int, token: str, *, file_path: str, file_size: int,
                extractor: str | None) -> bool:
-        """Mark a claimed row done; False when the lease was lost (the result is then discarded)."""
-        return self._settle(row_id, token,
-                            "status = 'done', file_path = ?, file_size = ?, extractor = ?, "
-                            f"found_by = 'download', last_error = NULL, error_kind = NULL, finished_at = {self.now}",
-                            [file_path, file_size, extractor])
+        """Mark a claimed row done; False when the lease was lost (the result is then discarded).
+
+        Idempotent: a finish that committed but whose answer was lost (timeout, dropped
+        connection) is retried from the held-back results and must still count as kept.
+        """
+        if self._settle(row_id, token,
+                        "status = 'done', file_path = ?, file_size = ?, extractor = ?, "
+                        f"found_by = 'download', last_error = NULL, error_kind = NULL, finished_at = {self.now}",
+                        [file_path, file_size, extractor]):
+            return True
+        rows = self.read("SELECT status, file_path FROM videos WHERE id = ?", [row_id])
+        return bool(rows) and rows[0][0] == "done" and rows[0][1] == file_path
 
     @_db_errors
     def fail(self, row_id: int, token: str, *, error: str, kind: str) -> bool:
@@ -258,16 +272,18 @@ class Store:
         return max(n, 0)
 
     @_db_errors
-    def requeue_owned(self, owners: Sequence[str]) -> int:
-        """Requeue rows leased by owners known to be dead (same host, process gone)."""
+    def requeue_owned(self, owners: Sequence[str], max_attempts: int) -> int:
+        """Requeue rows leased by owners known to be dead (same node, process gone); a row that
+        keeps taking its daemon down still fails after max_attempts."""
         if not owners:
             return 0
         marks = ", ".join("?" for _ in owners)
         _, n = self.write(
-            "UPDATE videos SET status = 'queued', lease_owner = NULL, claim_token = NULL, "
+            "UPDATE videos SET status = CASE WHEN attempts >= ? THEN 'failed' ELSE 'queued' END, "
+            "lease_owner = NULL, claim_token = NULL, "
             f"lease_expires = NULL, run_after = {self.now}, updated_at = {self.now}, "
             "last_error = 'previous daemon on this host died', error_kind = 'crashed' "
-            f"WHERE status = 'running' AND lease_owner IN ({marks})", list(owners))
+            f"WHERE status = 'running' AND lease_owner IN ({marks})", [max_attempts, *owners])
         return max(n, 0)
 
     @_db_errors

@@ -13,6 +13,8 @@ import asyncio
 import collections
 import functools
 import logging
+import os
+import signal
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -25,7 +27,7 @@ from .config import Config
 from .errors import DatabaseUnavailable, InvalidVideoId
 from .jobs import ErrorKind, Job, Outcome, site_of, url_for
 from .recorder import Counters, Recorder
-from .slots import Slot, stop_helpers, wait_gone
+from .slots import Slot, signal_group, stop_helpers, wait_gone
 from .store import Claimed, Store
 
 log = logging.getLogger(__name__)
@@ -51,12 +53,16 @@ class Supervisor:
         self.cfg = cfg
         self.store = store
         self.node = node
+        # the pid makes the lease owner unique per process: a one-shot fetch next to the daemon,
+        # or a restarted daemon, must never renew (or release) another process's leases
+        self.owner = f"{node}:{os.getpid()}"
         self.one_shot = one_shot
         self.generation = 1
         self.slots: list[Slot] = []
         self.state = "starting"
         self.paused = False
         self.scanning = False  # a library scan runs: claiming now could fetch a file it is about to find
+        self.started = False  # the first database pass is done
         self.stopping = False
         self.drain_deadline = 0.0
         self.counters = Counters()
@@ -119,7 +125,9 @@ class Supervisor:
         for i in range(self.cfg.download.workers):
             self._add_slot(i)
         await self._refresh(time.monotonic(), force=True)
-        self.state = "paused" if self.paused else "running"
+        self.started = True
+        if self.state == "starting":
+            self.state = "paused" if self.paused else "running"
         try:
             while True:
                 now = time.monotonic()
@@ -183,7 +191,7 @@ class Supervisor:
         for slot in self.slots:
             if not slot.busy or slot.future is None or not slot.future.done():
                 continue
-            reason = slot.kill_reason
+            reason, pid = slot.kill_reason, slot.pid
             job, fut = slot.take_result()
             exc = fut.exception()
             if exc is None:
@@ -191,25 +199,34 @@ class Supervisor:
                 if slot.kill_sent_at is not None:  # finished just as we killed it: the child is dying
                     slot.discard()
                 else:
-                    await self._after_job(slot)
+                    self._after_job(slot)
             else:
-                outcome = self._lost_child(slot, reason, exc)
+                signal_group(pid, signal.SIGKILL)  # an orphaned ffmpeg must not write on into the .part
                 slot.discard()  # rebuilt by _maintain_slots unless stopping or retiring
                 self.counters.worker_restarts += 1
             if job.row_id in self._lost:
                 self._lost.discard(job.row_id)
                 log.warning("job %s: lease lost to another daemon; result discarded", job.video_id)
                 continue
-            if reason == "daemon stopping" and exc is not None:
-                outcome = Outcome(False, error="daemon stopped", kind=None)
+            if exc is not None:
+                outcome = self._lost_child(slot, reason, exc)
             await self._record(job, outcome)
 
     def _lost_child(self, slot: Slot, reason: str | None, exc: BaseException) -> Outcome:
+        """The outcome of a job whose child died: killed by us (stop, stall, timeout) or not."""
+        if reason == "daemon stopping":
+            return Outcome(False, error="daemon stopped", kind=None)  # handed back, not counted
         if reason is not None:
             kind = ErrorKind.TIMEOUT if "job_timeout" in reason else ErrorKind.STALLED
-            if kind is ErrorKind.STALLED and reason != "daemon stopping":
+            if kind is ErrorKind.STALLED:
                 self.counters.stalled_killed += 1
             return Outcome(False, error=f"killed: {reason}", kind=kind)
+        self._note_death()
+        log.warning("slot %d: child died (%s); its job will be retried", slot.index, exc)
+        return Outcome(False, error=f"worker child died: {exc}", kind=ErrorKind.CRASHED)
+
+    def _note_death(self) -> None:
+        """Count an unexpected child death; too many within crash_window pause claiming."""
         now = time.monotonic()
         self.deaths.append(now)
         while self.deaths and now - self.deaths[0] > self.cfg.download.crash_window:
@@ -218,10 +235,8 @@ class Supervisor:
             self.crash_pause_until = now + self.cfg.download.crash_window
             log.error("%d worker children died within %.0fs; not claiming for %.0fs",
                       len(self.deaths), self.cfg.download.crash_window, self.cfg.download.crash_window)
-        log.warning("slot %d: child died (%s); its job will be retried", slot.index, exc)
-        return Outcome(False, error=f"worker child died: {exc}", kind=ErrorKind.CRASHED)
 
-    async def _after_job(self, slot: Slot) -> None:
+    def _after_job(self, slot: Slot) -> None:
         """Recycle a child between jobs when it has done enough or grown too big."""
         d = self.cfg.download
         rss = slot.rss()
@@ -260,7 +275,12 @@ class Supervisor:
             self._liveness_at = now
         for slot in self.slots:
             if check and slot.executor is not None and not slot.busy and slot.child_lost():
-                log.warning("slot %d: idle child %d died; restarting it", slot.index, slot.pid)
+                warm = slot.warm_future
+                if warm is not None and warm.done() and warm.exception() is not None:
+                    log.error("slot %d: worker child could not start: %s", slot.index, warm.exception())
+                else:
+                    log.warning("slot %d: idle child %d died; restarting it", slot.index, slot.pid)
+                self._note_death()
                 slot.discard()
                 self.counters.worker_restarts += 1
             if slot.executor is None and not self.stopping and not slot.retiring:
@@ -296,7 +316,7 @@ class Supervisor:
                 await self._write_outcome(job, outcome)
                 h.pending.pop(0)
             if force or now - self._renewed_at >= lease / 3:
-                kept = await self.db(self.store.renew, self.node, lease)
+                kept = await self.db(self.store.renew, self.owner, lease)
                 self._renewed_at = now
                 for slot in self.slots:
                     if slot.job and (slot.job.row_id, slot.job.claim_token) not in kept \
@@ -327,7 +347,7 @@ class Supervisor:
         ours.update((job.row_id, job.claim_token) for job, _ in self.db_health.pending)
         for row_id, token in kept - ours:
             log.warning("row %d is leased to %s but runs nowhere (a claim's answer was lost); releasing it",
-                        row_id, self.node)
+                        row_id, self.owner)
             await self.db(self.store.release, row_id, token, reason="claim answer lost")
 
     async def _dispatch(self, now: float) -> None:
@@ -339,7 +359,7 @@ class Supervisor:
         default_site = site_of(url_for("x", None, d.url_template))
         url_only = self.site_pauses.get(default_site, 0.0) > now
         try:
-            claimed = await self.db(self.store.claim, self.node, len(idle), self.cfg.database.lease_duration,
+            claimed = await self.db(self.store.claim, self.owner, len(idle), self.cfg.database.lease_duration,
                                     url_rows_only=url_only)
             if len(claimed) < len(idle):
                 self._next_claim = now + self.cfg.database.poll_interval
@@ -398,6 +418,10 @@ class Supervisor:
         loop = asyncio.get_running_loop()
         grace = self.cfg.download.kill_grace
         await loop.run_in_executor(None, wait_gone, pids, grace)
+        survivors = [pid for pid in pids if _alive(pid)]
+        for pid in survivors:
+            signal_group(pid, signal.SIGKILL)
+        await loop.run_in_executor(None, wait_gone, survivors, 2.0)
         if not any(_alive(pid) for pid in pids):
             await loop.run_in_executor(None, stop_helpers)
         try:
@@ -415,5 +439,5 @@ class Supervisor:
 def _alive(pid: int) -> bool:
     try:
         return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
-    except psutil.Error:
+    except (psutil.Error, OSError):
         return False

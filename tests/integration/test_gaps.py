@@ -250,7 +250,7 @@ def test_list_json_lease_owner_is_the_daemons_node(tmp_path: Path) -> None:
     with MediaServer(default_size=64 * KiB) as srv:
         srv.configure("slow-lease", size=400 * KiB, rate_bps=100 * KiB)  # ~4 s of running
         cfg = vfd.write_config(tmp_path, url_template=srv.url_template, database={"node_name": "node-a"})
-        with running(cfg):
+        with running(cfg) as daemon:
             node = vfd.status(cfg)["node"]
             assert node == "node-a"
             assert vfd.ctl(cfg, "add", "slow-lease").returncode == 0
@@ -264,10 +264,12 @@ def test_list_json_lease_owner_is_the_daemons_node(tmp_path: Path) -> None:
             listed = wait_until(running_rows, timeout=20, message="slow-lease never listed as running")
             assert [x["video_id"] for x in listed] == ["slow-lease"], listed
             assert "lease_owner" in listed[0], listed[0]
-            assert listed[0]["lease_owner"] == node, listed[0]
+            owner = vfd.status(cfg)["lease_owner"]
+            assert owner == f"node-a:{daemon.pid}", owner  # <node_name>:<pid>: unique per process
+            assert listed[0]["lease_owner"] == owner, listed[0]
 
             every = json.loads(vfd.ctl(cfg, "list", "--json").stdout)
-            assert [x["lease_owner"] for x in every if x["video_id"] == "slow-lease"] in (["node-a"], [None])
+            assert [x["lease_owner"] for x in every if x["video_id"] == "slow-lease"] in ([owner], [None])
 
 
 # -- 5. hostile rows inserted by another program -------------------------------------------------------

@@ -310,13 +310,14 @@ def test_sigkill_one_daemon_others_take_over_after_lease(cluster: Cluster, media
         ids = insert_ids(pg, "kill", n)
         victim = cluster.daemons[0]
         victim_node = cluster.nodes[0]
-        wait_until(lambda: len([o for o in running_leases(pg).values() if o == victim_node]) == 2
+        # lease_owner is "<node_name>:<pid>"
+        wait_until(lambda: len([o for o in running_leases(pg).values() if o.rpartition(":")[0] == victim_node]) == 2
                    and 10 <= pg.done() <= n - 20, timeout=30, interval=0.02,
                    message="victim never had two jobs in flight mid-run")
         children = _descendants(victim.pid)
         assert children, "the victim daemon has no children?"
         victim.kill()  # SIGKILL
-        in_flight = {v for v, o in running_leases(pg).items() if o == victim_node}
+        in_flight = {v for v, o in running_leases(pg).items() if o.rpartition(":")[0] == victim_node}
         killed_at = time.monotonic()
         print(f"\nkilled {victim_node}: in flight {sorted(in_flight)}; {len(children)} descendants")
         assert in_flight
@@ -567,7 +568,7 @@ def test_restart_with_the_same_node_name_does_not_keep_dead_leases(cluster: Clus
         wait_until(lambda: all(media.body_requests(v) >= GETS_PER_DOWNLOAD for v in ids), timeout=20,
                    message="jobs never started")
         cluster.daemons[0].kill()
-        assert set(running_leases(pg).values()) == {cluster.nodes[0]}
+        assert set(running_leases(pg).values()) == {f"{cluster.nodes[0]}:{cluster.daemons[0].pid}"}
         media.rate_bps = None
         cluster.daemons[0] = vfd.Daemon(cluster.configs[0])  # same config, same node name
         try:

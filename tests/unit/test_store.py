@@ -345,9 +345,9 @@ def test_requeue_owned(store: Store) -> None:
     claim_one(store, owner="host:111")
     claim_one(store, owner="host:222")
     assert sorted(store.lease_owners()) == ["host:111", "host:222"]
-    assert store.requeue_owned(["host:111"]) == 1
+    assert store.requeue_owned(["host:111"], 5) == 1
     assert row(store, "a")["status"] == "queued" and row(store, "b")["status"] == "running"
-    assert store.requeue_owned([]) == 0
+    assert store.requeue_owned([], 5) == 0
 
 
 # -- operator actions ---------------------------------------------------------------------------
