@@ -280,9 +280,8 @@ def test_idle_child_death_is_noticed_and_costs_no_attempt(tmp_path: Path) -> Non
 # -- recycling --------------------------------------------------------------------------------------
 
 def test_children_are_recycled_and_stay_under_the_rss_limit(tmp_path: Path) -> None:
-    # 1,000 jobs rather than 2,000 keep this under a minute on a shared 2-core box; recycling after
-    # 50 jobs gives as many recycles as 2,000 jobs after 100 would
-    n, workers, per_child, limit = 1000, 4, 50, 300 * MiB
+    # the soak: 2,000 small jobs through 4 workers (~15-30 s here), recycled every 100 jobs
+    n, workers, per_child, limit = 2000, 4, 100, 300 * MiB
     with MediaServer(default_size=8 * KiB) as srv:
         cfg = vfd.write_config(tmp_path, url_template=srv.url_template,
                                download={"workers": workers, "recycle_after_jobs": per_child,
