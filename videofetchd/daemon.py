@@ -22,6 +22,7 @@ from .config import Config
 from .errors import ConfigError
 from .status import ConfigInfo, ControlServer, snapshot
 from .store import Store, open_store, redact
+from .slots import pid_alive
 from .supervisor import Supervisor
 from .systemd import Notifier, watchdog_period
 
@@ -252,7 +253,7 @@ class Daemon:
         dead = []
         for owner in store.lease_owners():
             name, _, pid = owner.rpartition(":")
-            if name == node and pid.isdigit() and int(pid) != os.getpid() and not _alive(int(pid)):
+            if name == node and pid.isdigit() and int(pid) != os.getpid() and not pid_alive(int(pid)):
                 dead.append(owner)
         if dead:
             n = store.requeue_owned(dead, self.cfg.download.max_attempts)
@@ -300,13 +301,3 @@ def _settle(fut: asyncio.Future[Any], result: Any, exc: BaseException | None) ->
         fut.set_exception(exc)
     else:
         fut.set_result(result)
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True

@@ -8,18 +8,13 @@ file check is whether a done row's stored file still exists when a second copy t
 
 from __future__ import annotations
 
-import functools
 import os
 from collections.abc import Callable, Iterator, Sequence
 from operator import itemgetter
-from typing import Any, NamedTuple, TypeVar
+from typing import Any, NamedTuple
 
-import peewee
+from .store import Store, db_errors
 
-from .errors import DatabaseUnavailable
-from .store import Store
-
-T = TypeVar("T")
 PAGE_ROWS = 1000  #: rows per statement and per reconcile page (7000 parameters: SQLite >= 3.32 allows 32766)
 
 
@@ -32,18 +27,6 @@ class KnownRow(NamedTuple):
 #: a row to make ``done``: (video_id, file_path, file_size, found_by, extractor); plain tuples
 #: because the scanner makes one per file and a tuple costs a fraction of a NamedTuple
 DoneFile = tuple[str, str | None, int | None, str, str | None]
-
-
-def _db_errors(fn: Callable[..., T]) -> Callable[..., T]:
-    """Driver failures become DatabaseUnavailable (and the broken connection is dropped)."""
-    @functools.wraps(fn)
-    def wrapper(store: Store, *args: Any, **kwargs: Any) -> T:
-        try:
-            return fn(store, *args, **kwargs)
-        except (peewee.OperationalError, peewee.InterfaceError) as exc:
-            store.drop_connection()
-            raise DatabaseUnavailable(f"database error: {str(exc).strip() or type(exc).__name__}") from exc
-    return wrapper
 
 
 def _tx(store: Store) -> Any:
@@ -114,7 +97,7 @@ def _apply(store: Store, decide: Callable[[dict[str, KnownRow]], list[DoneFile]]
             _upsert_done(store, writes, _now(store), only_status)
 
 
-@_db_errors
+@db_errors
 def record_files(store: Store, files: Sequence[DoneFile], counts: dict[str, int], *, dry_run: bool = False) -> int:
     """Make the rows of recognised files done; one transaction. Adds to ``counts``; returns how many
     rows now point at one of ``files`` (the reconcile short-cut).
@@ -165,7 +148,7 @@ def record_files(store: Store, files: Sequence[DoneFile], counts: dict[str, int]
     return matched
 
 
-@_db_errors
+@db_errors
 def record_archive(store: Store, entries: dict[str, str], counts: dict[str, int]) -> None:
     """Make archive entries (video_id -> extractor) done without a file; one transaction.
 
@@ -191,7 +174,7 @@ def record_archive(store: Store, entries: dict[str, str], counts: dict[str, int]
 
 # -- reconcile -----------------------------------------------------------------------------------
 
-@_db_errors
+@db_errors
 def count_done_under(store: Store, prefix: str) -> int:
     """Done rows whose file_path starts with ``prefix`` (exact, case-sensitive: no LIKE)."""
     rows = store.read("SELECT count(*) FROM videos WHERE status = 'done' AND file_path IS NOT NULL "
@@ -199,7 +182,7 @@ def count_done_under(store: Store, prefix: str) -> int:
     return int(rows[0][0])
 
 
-@_db_errors
+@db_errors
 def _done_page(store: Store, prefix: str, after_id: int) -> list[tuple[Any, ...]]:
     return store.read("SELECT id, file_path FROM videos WHERE status = 'done' AND file_path IS NOT NULL "
                       "AND substr(file_path, 1, ?) = ? AND id > ? ORDER BY id LIMIT ?",
@@ -217,7 +200,7 @@ def iter_done_under(store: Store, prefix: str) -> Iterator[list[tuple[int, str]]
         after = int(page[-1][0])
 
 
-@_db_errors
+@db_errors
 def mark_missing(store: Store, rows: Sequence[tuple[int, str]], *, requeue: bool) -> int:
     """Done rows whose file is gone become ``missing`` (or ``queued`` again): one transaction.
 
@@ -254,7 +237,7 @@ def iter_done_for_archive(store: Store) -> Iterator[list[tuple[str, str | None]]
         after = int(page[-1][0])
 
 
-@_db_errors
+@db_errors
 def _archive_page(store: Store, after_id: int) -> list[tuple[Any, ...]]:
     return store.read("SELECT id, video_id, extractor FROM videos WHERE status = 'done' AND id > ? "
                       "ORDER BY id LIMIT ?", [after_id, PAGE_ROWS])

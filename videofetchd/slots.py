@@ -190,6 +190,14 @@ def stop_helpers() -> None:
                 pass
 
 
+def pid_alive(pid: int) -> bool:
+    """Is ``pid`` a live process (not gone, not a zombie waiting to be reaped)?"""
+    try:
+        return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
+    except (psutil.Error, OSError):
+        return False
+
+
 def wait_gone(pids: list[int], timeout: float) -> None:
     """Wait until the given (just signalled) children have exited, at most ``timeout`` seconds."""
     deadline = time.monotonic() + timeout

@@ -39,15 +39,15 @@ class Claimed:
     claim_token: str
 
 
-def _db_errors(fn: Callable[..., T]) -> Callable[..., T]:
+def db_errors(fn: Callable[..., T]) -> Callable[..., T]:
     """Turn driver-level connection failures into DatabaseUnavailable, dropping the connection
     so that the next call reconnects."""
     @functools.wraps(fn)
-    def wrapper(self: Store, *args: Any, **kwargs: Any) -> T:
+    def wrapper(store: Store, *args: Any, **kwargs: Any) -> T:
         try:
-            return fn(self, *args, **kwargs)
+            return fn(store, *args, **kwargs)
         except (peewee.OperationalError, peewee.InterfaceError) as exc:
-            self.drop_connection()
+            store.drop_connection()
             raise DatabaseUnavailable(f"database error: {str(exc).strip() or type(exc).__name__}") from exc
     return wrapper
 
@@ -117,11 +117,11 @@ class Store:
         if not self.db.is_closed():
             self.db.close()
 
-    @_db_errors
+    @db_errors
     def ping(self) -> None:
         self.read("SELECT 1")
 
-    @_db_errors
+    @db_errors
     def migrate(self) -> int:
         """Create or upgrade the schema; returns the version now in place."""
         with self.db.atomic():
@@ -142,7 +142,7 @@ class Store:
 
     # -- feeding the queue -------------------------------------------------------------------
 
-    @_db_errors
+    @db_errors
     def add(self, items: Iterable[tuple[str, str | None]]) -> tuple[int, int]:
         """Queue (video_id, url) pairs; known IDs are left as they are. Returns (added, known)."""
         added = known = 0
@@ -173,7 +173,7 @@ class Store:
 
     # -- claims and leases -------------------------------------------------------------------
 
-    @_db_errors
+    @db_errors
     def claim(self, owner: str, limit: int, lease_s: float, *, url_rows_only: bool = False) -> list[Claimed]:
         """Atomically move up to ``limit`` eligible queued rows to running under a new lease.
 
@@ -199,7 +199,7 @@ class Store:
         rows, _ = self.write(sql, params)
         return sorted((Claimed(r[0], r[1], r[2], r[3], token) for r in rows), key=lambda c: c.row_id)
 
-    @_db_errors
+    @db_errors
     def renew(self, owner: str, lease_s: float) -> set[tuple[int, str]]:
         """Extend every lease ``owner`` holds in one statement; returns the (id, token) pairs kept."""
         rows, _ = self.write(
@@ -214,7 +214,7 @@ class Store:
             [*params, row_id, token])
         return n == 1
 
-    @_db_errors
+    @db_errors
     def finish(self, row_id: int, token: str, *, file_path: str, file_size: int,
                extractor: str | None) -> bool:
         """Mark a claimed row done; False when the lease was lost (the result is then discarded).
@@ -230,14 +230,14 @@ class Store:
         rows = self.read("SELECT status, file_path FROM videos WHERE id = ?", [row_id])
         return bool(rows) and rows[0][0] == "done" and rows[0][1] == file_path
 
-    @_db_errors
+    @db_errors
     def fail(self, row_id: int, token: str, *, error: str, kind: str) -> bool:
         """Fail a claimed row for good."""
         return self._settle(row_id, token,
                             f"status = 'failed', last_error = ?, error_kind = ?, finished_at = {self.now}",
                             [error[:2000], kind])
 
-    @_db_errors
+    @db_errors
     def retry_later(self, row_id: int, token: str, *, error: str, kind: str, delay_s: float,
                     max_attempts: int) -> bool:
         """Back to queued after ``delay_s``, or failed when the attempts are used up."""
@@ -248,14 +248,14 @@ class Store:
             f"finished_at = CASE WHEN attempts >= ? THEN {self.now} ELSE NULL END",
             [max_attempts, delay_s, error[:2000], kind, max_attempts])
 
-    @_db_errors
+    @db_errors
     def release(self, row_id: int, token: str, *, delay_s: float = 0.0, reason: str | None = None) -> bool:
         """Give a claimed row back without counting the attempt (daemon stop, site pause)."""
         return self._settle(row_id, token,
                             f"status = 'queued', attempts = attempts - 1, run_after = {self.now} + ?, "
                             "last_error = COALESCE(?, last_error)", [delay_s, reason])
 
-    @_db_errors
+    @db_errors
     def requeue_expired(self, max_attempts: int) -> int:
         """Return rows whose lease expired (their daemon died or hung) to the queue."""
         sets = ("status = CASE WHEN attempts >= ? THEN 'failed' ELSE 'queued' END, "
@@ -271,7 +271,7 @@ class Store:
         _, n = self.write(sql.replace("'?'", "'unknown'"), [max_attempts])
         return max(n, 0)
 
-    @_db_errors
+    @db_errors
     def requeue_owned(self, owners: Sequence[str], max_attempts: int) -> int:
         """Requeue rows leased by owners known to be dead (same node, process gone); a row that
         keeps taking its daemon down still fails after max_attempts."""
@@ -286,14 +286,14 @@ class Store:
             f"WHERE status = 'running' AND lease_owner IN ({marks})", [max_attempts, *owners])
         return max(n, 0)
 
-    @_db_errors
+    @db_errors
     def lease_owners(self) -> list[str]:
         return [r[0] for r in self.read(
             "SELECT DISTINCT lease_owner FROM videos WHERE status = 'running' AND lease_owner IS NOT NULL")]
 
     # -- site back-off (shared by every daemon on the database) ------------------------------
 
-    @_db_errors
+    @db_errors
     def pause_site(self, site: str, base_s: float, reason: str) -> float:
         """Record a throttling answer from ``site``; returns the pause length in seconds."""
         rows = self.read(f"SELECT strikes, until > {self.now} FROM site_backoff WHERE site = ?", [site])
@@ -310,27 +310,27 @@ class Store:
         self.write(upsert.format(now=self.now), [site, pause, strikes, reason[:500]])
         return pause
 
-    @_db_errors
+    @db_errors
     def site_pauses(self) -> dict[str, float]:
         """Paused sites and the seconds left of each pause."""
         return {r[0]: float(r[1]) for r in self.read(
             f"SELECT site, until - {self.now} FROM site_backoff WHERE until > {self.now}")}
 
-    @_db_errors
+    @db_errors
     def clear_site(self, site: str) -> None:
         """A success from ``site`` ends its strike count (once its pause is over)."""
         self.write(f"DELETE FROM site_backoff WHERE site = ? AND until <= {self.now}", [site])
 
     # -- reading and operator actions -----------------------------------------------------------
 
-    @_db_errors
+    @db_errors
     def counts(self) -> dict[str, int]:
         result = {s: 0 for s in models.STATES}
         for status, n in self.read("SELECT status, count(*) FROM videos GROUP BY status"):
             result[status] = int(n)
         return result
 
-    @_db_errors
+    @db_errors
     def list_rows(self, status: str | None = None, limit: int | None = None,
                   video_ids: Sequence[str] | None = None) -> list[dict[str, Any]]:
         sql = f"SELECT {', '.join(LIST_FIELDS)} FROM videos"
@@ -349,7 +349,7 @@ class Store:
             sql += f" LIMIT {int(limit)}"
         return [dict(zip(LIST_FIELDS, row)) for row in self.read(sql, params)]
 
-    @_db_errors
+    @db_errors
     def retry_failed(self, video_ids: Sequence[str] | None = None) -> int:
         """Put failed rows (all, or the named ones) back in the queue with fresh attempts."""
         sql = (f"UPDATE videos SET status = 'queued', attempts = 0, run_after = {self.now}, "
@@ -363,7 +363,7 @@ class Store:
             self.write(f"SELECT pg_notify('{models.NOTIFY_CHANNEL}', '')")
         return max(n, 0)
 
-    @_db_errors
+    @db_errors
     def next_eligible_in(self) -> float | None:
         """Seconds until the earliest queued row becomes eligible (None: nothing queued)."""
         rows = self.read(f"SELECT min(run_after) - {self.now} FROM videos WHERE status = 'queued'")

@@ -21,13 +21,11 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
-import psutil
-
 from .config import Config
 from .errors import DatabaseUnavailable, InvalidVideoId
 from .jobs import ErrorKind, Job, Outcome, site_of, url_for
 from .recorder import Counters, Recorder
-from .slots import Slot, signal_group, stop_helpers, wait_gone
+from .slots import Slot, pid_alive, signal_group, stop_helpers, wait_gone
 from .store import Claimed, Store
 
 log = logging.getLogger(__name__)
@@ -418,11 +416,11 @@ class Supervisor:
         loop = asyncio.get_running_loop()
         grace = self.cfg.download.kill_grace
         await loop.run_in_executor(None, wait_gone, pids, grace)
-        survivors = [pid for pid in pids if _alive(pid)]
+        survivors = [pid for pid in pids if pid_alive(pid)]
         for pid in survivors:
             signal_group(pid, signal.SIGKILL)
         await loop.run_in_executor(None, wait_gone, survivors, 2.0)
-        if not any(_alive(pid) for pid in pids):
+        if not any(pid_alive(pid) for pid in pids):
             await loop.run_in_executor(None, stop_helpers)
         try:
             while self.db_health.pending:
@@ -434,10 +432,3 @@ class Supervisor:
             log.error("could not record %d results before exit (%s); their leases will expire",
                       len(self.db_health.pending), exc)
         self._dbx.shutdown(wait=False)
-
-
-def _alive(pid: int) -> bool:
-    try:
-        return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
-    except (psutil.Error, OSError):
-        return False
