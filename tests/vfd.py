@@ -7,6 +7,7 @@ a real AF_UNIX datagram socket, and queue state is read straight from the databa
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -16,6 +17,7 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -165,6 +167,33 @@ class Daemon:
                 except psutil.Error:
                     pass
         self._log.close()
+
+
+def shutdown(d: Daemon) -> None:
+    """Teardown that leaves no process behind: SIGINT (quick stop), then SIGKILL, then the daemon's
+    descendants by pid."""
+    try:
+        family = psutil.Process(d.pid).children(recursive=True)
+    except psutil.Error:
+        family = []
+    if d.proc.poll() is None:
+        d.signal(signal.SIGINT)
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            d.proc.wait(20)
+    d.kill()
+    for p in family:
+        with contextlib.suppress(psutil.Error):
+            p.kill()
+
+
+@contextlib.contextmanager
+def running(config: Path, env: dict[str, str] | None = None) -> Iterator[Daemon]:
+    """A daemon for the duration of a ``with`` block, shut down whatever happens."""
+    d = Daemon(config, env=env)
+    try:
+        yield d
+    finally:
+        shutdown(d)
 
 
 def worker_pids(config: Path) -> dict[str, int]:

@@ -20,13 +20,14 @@ import tempfile
 import threading
 import time
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any, Callable
 
 import psutil
 import pytest
 import yaml
 
 import vfd
+from vfd import running, shutdown
 from helpers import wait_until
 from mediaserver import MediaServer
 
@@ -92,32 +93,6 @@ def edit_config(config: Path, **sections: dict[str, Any]) -> None:
 
 def records(srv: MediaServer, video_id: str, since: float = 0.0) -> list[Any]:
     return [r for r in srv.requests() if r.video_id == video_id and r.time >= since]
-
-
-def shutdown(d: vfd.Daemon) -> None:
-    """Teardown that leaves no process behind: SIGINT (quick stop), then SIGKILL, then the daemon's
-    descendants by pid (should a SIGKILLed daemon's children outlive it, they must not outlive the test)."""
-    try:
-        family = psutil.Process(d.pid).children(recursive=True)
-    except psutil.Error:
-        family = []
-    if d.proc.poll() is None:
-        d.signal(signal.SIGINT)
-        with contextlib.suppress(subprocess.TimeoutExpired):
-            d.proc.wait(20)
-    d.kill()
-    for p in family:
-        with contextlib.suppress(psutil.Error):
-            p.kill()
-
-
-@contextlib.contextmanager
-def running(config: Path, env: dict[str, str] | None = None) -> Iterator[vfd.Daemon]:
-    d = vfd.Daemon(config, env=env)
-    try:
-        yield d
-    finally:
-        shutdown(d)
 
 
 def by_id_rows(db: Path) -> dict[str, dict[str, Any]]:

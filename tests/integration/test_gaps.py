@@ -8,7 +8,6 @@ through real yt-dlp to the local media server, the queue is a SQLite file in tmp
 
 from __future__ import annotations
 
-import contextlib
 import errno
 import hashlib
 import json
@@ -20,13 +19,13 @@ import sqlite3
 import subprocess
 import time
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
-import psutil
 import pytest
 import yaml
 
 import vfd
+from vfd import running
 from helpers import wait_until
 from mediaserver import MediaServer
 
@@ -34,30 +33,6 @@ KiB = 1024
 
 
 # -- helpers ----------------------------------------------------------------------------------------
-
-def shutdown(d: vfd.Daemon) -> None:
-    """Quick stop (SIGINT), then SIGKILL; no descendant of the daemon outlives the test."""
-    try:
-        family = psutil.Process(d.pid).children(recursive=True)
-    except psutil.Error:
-        family = []
-    if d.proc.poll() is None:
-        d.signal(signal.SIGINT)
-        with contextlib.suppress(subprocess.TimeoutExpired):
-            d.proc.wait(20)
-    d.kill()
-    for p in family:
-        with contextlib.suppress(psutil.Error):
-            p.kill()
-
-
-@contextlib.contextmanager
-def running(config: Path) -> Iterator[vfd.Daemon]:
-    d = vfd.Daemon(config)
-    try:
-        yield d
-    finally:
-        shutdown(d)
 
 
 def by_id(db: Path) -> dict[str, dict[str, Any]]:

@@ -11,16 +11,16 @@ import json
 import os
 import signal
 import socket
-import subprocess
 import threading
 import time
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import psutil
 import yaml
 
 import vfd
+from vfd import running
 from helpers import wait_until
 from mediaserver import MediaServer
 
@@ -82,32 +82,6 @@ class Sampler:
     def __exit__(self, *exc: object) -> None:
         self._stop.set()
         self._thread.join(10)
-
-
-def shutdown(d: vfd.Daemon) -> None:
-    """Teardown that leaves no process behind: SIGINT (quick stop), then SIGKILL, then the daemon's
-    descendants by pid (a SIGKILLed daemon's worker children outlive it: see test_daemon.py)."""
-    try:
-        family = psutil.Process(d.pid).children(recursive=True)
-    except psutil.Error:
-        family = []
-    if d.proc.poll() is None:
-        d.signal(signal.SIGINT)
-        with contextlib.suppress(subprocess.TimeoutExpired):
-            d.proc.wait(20)
-    d.kill()
-    for p in family:
-        with contextlib.suppress(psutil.Error):
-            p.kill()
-
-
-@contextlib.contextmanager
-def running(config: Path, env: dict[str, str] | None = None) -> Iterator[vfd.Daemon]:
-    d = vfd.Daemon(config, env=env)
-    try:
-        yield d
-    finally:
-        shutdown(d)
 
 
 def edit_config(config: Path, **sections: dict[str, Any]) -> None:
@@ -378,8 +352,10 @@ def test_site_pause_ends_and_the_throttled_row_then_downloads(tmp_path: Path) ->
 def test_repeated_child_deaths_pause_claiming(tmp_path: Path) -> None:
     with MediaServer(default_size=2 * MiB, rate_bps=100 * KiB) as srv:
         cfg = vfd.write_config(tmp_path, url_template=srv.url_template,
+                               # backoff 1 s (0.5-1 s with jitter): long enough that the first
+                               # killed job is not due again before the second death is reaped
                                download={"workers": 2, "crash_limit": 2, "crash_window": "20s",
-                                         "retry_backoff": "0.1s"})
+                                         "retry_backoff": "1s"})
         db = tmp_path / "queue.db"
         with running(cfg):
             assert vfd.ctl(cfg, "add", "crashy-a", "crashy-b").returncode == 0
@@ -388,7 +364,7 @@ def test_repeated_child_deaths_pause_claiming(tmp_path: Path) -> None:
                 os.kill(pid, signal.SIGKILL)
             st = wait_until(lambda: (s := query(cfg))["counters"]["worker_restarts"] >= 2 and s, timeout=15)
             assert any("claiming paused" in note for note in st["notes"]), st["notes"]
-            # the killed jobs are due again after 0.1-0.2 s, but nothing is claimed during the pause
+            # the killed jobs are due again within 1 s, but nothing is claimed during the pause
             deadline = time.monotonic() + 2.0
             while time.monotonic() < deadline:
                 rows = by_id(db)
