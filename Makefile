@@ -6,7 +6,7 @@ PREFIX  ?= /usr/local
 DESTDIR ?=
 RUNDIR  ?= .run
 
-.PHONY: all venv run demo test test-unit test-integration lint typecheck check e2e bench install uninstall clean
+.PHONY: all venv run demo test test-unit test-integration lint typecheck check e2e bench smoke install uninstall clean
 
 all: venv
 
@@ -50,6 +50,16 @@ e2e: venv
 
 bench: venv
 	$(PY) bench/run.py
+
+## smoke: install the package into a fresh venv and check that the entry points start
+smoke:
+	rm -rf $(RUNDIR)/smoke
+	$(PYTHON) -m venv $(RUNDIR)/smoke
+	$(RUNDIR)/smoke/bin/python -m pip install -q '.[postgres]'
+	$(RUNDIR)/smoke/bin/videofetchd --version
+	$(RUNDIR)/smoke/bin/videofetchctl --version
+	$(RUNDIR)/smoke/bin/python -m videofetchd --version
+	$(RUNDIR)/smoke/bin/videofetchd --check-config --config etc/videofetchd.yaml
 
 ## install: the daemon in a self-contained venv $(PREFIX)/lib/videofetchd (symlinked from
 ## $(PREFIX)/bin), the systemd unit, sysusers.d/tmpfiles.d snippets and, only when absent,
