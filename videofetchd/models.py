@@ -13,7 +13,7 @@ import enum
 
 import peewee
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 NOTIFY_CHANNEL = "videofetchd_queue"
 
 db_proxy = peewee.DatabaseProxy()
@@ -121,5 +121,17 @@ def schema_v1(backend: str) -> list[str]:
     return stmts
 
 
+def schema_v2(backend: str) -> list[str]:
+    """Partial indexes: only queued rows are in the claim index and only running rows in the
+    lease index, so the many done rows (a scanned library, years of downloads) cost those
+    indexes nothing, neither on insert nor on claim."""
+    return [
+        "DROP INDEX IF EXISTS videos_claim",
+        "DROP INDEX IF EXISTS videos_lease",
+        "CREATE INDEX IF NOT EXISTS videos_queued ON videos (run_after, id) WHERE status = 'queued'",
+        "CREATE INDEX IF NOT EXISTS videos_running ON videos (lease_expires) WHERE status = 'running'",
+    ]
+
+
 #: version -> DDL builder; a release that changes the schema appends one entry
-MIGRATIONS = {1: schema_v1}
+MIGRATIONS = {1: schema_v1, 2: schema_v2}
