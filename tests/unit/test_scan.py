@@ -15,7 +15,7 @@ from videofetchd import scan
 from videofetchd.config import ScanConfig
 from videofetchd.errors import InvalidVideoId, VideofetchdError
 from videofetchd.jobs import validate_video_id
-from videofetchd.scan import ScanRootError, Walker, _Tally, is_valid_id, scan_into_store
+from videofetchd.scan import ScanRootError, Walker, Tally, is_valid_id, scan_into_store
 from videofetchd.scan_cli import extractor_for_site, parse_archive_line
 from videofetchd.library import record_archive
 from videofetchd.store import Store, open_store
@@ -29,8 +29,8 @@ def touch(path: Path, data: bytes = b"video") -> Path:
     return path
 
 
-def walk(root: Path, cfg: ScanConfig = CFG) -> tuple[dict[str, tuple[Any, ...]], _Tally]:
-    tally = _Tally()
+def walk(root: Path, cfg: ScanConfig = CFG) -> tuple[dict[str, tuple[Any, ...]], Tally]:
+    tally = Tally()
     found = {f[1]: f for batch in Walker(cfg, tally).walk(str(root)) for f in batch}
     return found, tally
 
@@ -154,7 +154,7 @@ def test_symlinked_directories_are_not_followed_and_loops_end(tmp_path: Path) ->
 
 def test_bind_mount_style_loop_is_detected(tmp_path: Path) -> None:
     touch(tmp_path / "a" / "x [xxx].mp4")
-    walker = Walker(CFG, _Tally())
+    walker = Walker(CFG, Tally())
     walker.visited.add((os.stat(tmp_path / "a").st_dev, os.stat(tmp_path / "a").st_ino))
     found = [f for b in walker.walk(str(tmp_path)) for f in b]
     assert found == [] and "already visited" in walker.tally.warnings[0]
