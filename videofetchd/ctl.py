@@ -168,6 +168,8 @@ def cmd_retry(args: argparse.Namespace, cfg: config_mod.Config, out: TextIO) -> 
 
 
 def cmd_fetch(args: argparse.Namespace, cfg: config_mod.Config, out: TextIO) -> int:
+    from .slots import start_forkserver
+    start_forkserver()  # first: its yt-dlp preload overlaps the imports below
     import asyncio
 
     from .fetch import run_fetch

@@ -38,6 +38,14 @@ def mp_context() -> multiprocessing.context.BaseContext:
     return _ctx
 
 
+def start_forkserver() -> None:
+    """Start the forkserver now, so that its preload (yt-dlp, ~0.5 s of CPU) runs while this
+    process is still importing and opening the database, not after."""
+    mp_context()
+    from multiprocessing import forkserver
+    forkserver.ensure_running()
+
+
 @dataclass(frozen=True)
 class Progress:
     phase: str
