@@ -386,11 +386,14 @@ class Supervisor:
         job = Job(row_id=c.row_id, video_id=c.video_id, url=url, attempt=c.attempt, claim_token=c.claim_token)
         try:
             fut = slot.submit(job, d, self.generation)
-        except RuntimeError:  # the idle child died (BrokenProcessPool): rebuild and try once more
+        except RuntimeError as exc:  # the idle child died (BrokenProcessPool): hand the row back
+            log.warning("slot %d: child lost before job %s could start (%s); rebuilding it",
+                        slot.index, job.video_id, exc)
             slot.discard()
             self.counters.worker_restarts += 1
-            self._start_slot(slot)
-            fut = slot.submit(job, d, self.generation)
+            self._note_death()
+            await self.db(self.store.release, c.row_id, c.claim_token, reason="worker child lost before start")
+            return
         fut.add_done_callback(self._on_done)
         log.debug("job %s started on slot %d (attempt %d)", job.video_id, slot.index, job.attempt)
 
