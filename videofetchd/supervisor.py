@@ -16,12 +16,10 @@ import logging
 import os
 import signal
 import time
-from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
-from typing import Any, TypeVar
+from typing import Any
 
 from .config import Config
+from .dblink import DB_CALL_TIMEOUT_S, DbLink
 from .errors import DatabaseUnavailable, InvalidVideoId
 from .jobs import ErrorKind, Job, Outcome, site_of, url_for
 from .recorder import Counters, Recorder
@@ -29,21 +27,10 @@ from .slots import Slot, pid_alive, signal_group, stop_helpers, wait_gone
 from .store import Claimed, Store
 
 log = logging.getLogger(__name__)
-T = TypeVar("T")
 
 BUSY_TICK_S = 0.25  # loop period while downloads run: bounds stall-detection latency
 COUNTS_EVERY_S = 2.0
-DB_CALL_TIMEOUT_S = 10.0
 MAX_IDLE_S = 1.0  # the loop turns at least this often, even with nothing to do
-
-
-@dataclass
-class DbHealth:
-    ok: bool = True
-    error: str | None = None
-    failures: int = 0
-    retry_at: float = 0.0
-    pending: list[tuple[Job, Outcome]] = field(default_factory=list)
 
 
 class Supervisor:
@@ -65,7 +52,9 @@ class Supervisor:
         self.drain_deadline = 0.0
         self.counters = Counters()
         self.site_pauses: dict[str, float] = {}  # site -> monotonic end of pause
-        self.db_health = DbHealth()
+        self.link = DbLink()
+        self.db_health = self.link.health
+        self.db = self.link.call
         self.queue_counts: dict[str, int] = {}
         self.deaths: collections.deque[float] = collections.deque()
         self.crash_pause_until = 0.0
@@ -74,47 +63,27 @@ class Supervisor:
         self.drained = False
         self._wake = asyncio.Event()
         self._loop: asyncio.AbstractEventLoop | None = None
-        self._dbx = ThreadPoolExecutor(max_workers=1, thread_name_prefix="videofetchd-db")
         self._next_claim = 0.0
         self._renewed_at = self._expired_at = self._counts_at = self._pauses_at = 0.0
         self._lost: set[int] = set()
-        self._db_call_since: float | None = None
         self._liveness_at = 0.0
         self.recorder = Recorder(store, self.db, self.counters, self.site_pauses)
 
     # -- plumbing -------------------------------------------------------------------------------
-
-    async def db(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
-        loop = asyncio.get_running_loop()
-        call = loop.run_in_executor(self._dbx, functools.partial(fn, *args, **kwargs))
-        self._db_call_since = time.monotonic()
-        try:
-            return await asyncio.wait_for(call, DB_CALL_TIMEOUT_S)
-        except asyncio.TimeoutError:
-            raise DatabaseUnavailable(f"database call {fn.__name__} timed out") from None
-        finally:
-            self._db_call_since = None
 
     def healthy(self, now: float) -> bool:
         """Is the loop really turning? It turns at least every second, or is inside a database
         call, which times out after DB_CALL_TIMEOUT_S."""
         if now - self.last_turn < MAX_IDLE_S + 1.0:
             return True
-        return self._db_call_since is not None and now - self._db_call_since < DB_CALL_TIMEOUT_S + 1.0
+        since = self.link.call_since
+        return since is not None and now - since < DB_CALL_TIMEOUT_S + 1.0
 
     def wake(self, *, claim: bool = False) -> None:
         """Run a pass now (thread-safe only through loop.call_soon_threadsafe)."""
         if claim:
             self._next_claim = 0.0
         self._wake.set()
-
-    def _db_down(self, exc: DatabaseUnavailable) -> None:
-        h = self.db_health
-        if h.ok:
-            log.error("database unavailable: %s; downloads continue, results are kept", exc)
-        h.ok, h.error = False, str(exc)
-        h.failures += 1
-        h.retry_at = time.monotonic() + min(30.0, 0.5 * 2 ** min(h.failures, 6))
 
     # -- the loop -------------------------------------------------------------------------------
 
@@ -293,7 +262,7 @@ class Supervisor:
         try:
             await self._write_outcome(job, outcome)
         except DatabaseUnavailable as exc:
-            self._db_down(exc)
+            self.link.down(exc)
             self.db_health.pending.append((job, outcome))
 
     async def _write_outcome(self, job: Job, o: Outcome) -> None:
@@ -307,8 +276,7 @@ class Supervisor:
         try:
             if not h.ok:
                 await self.db(self.store.ping)
-                log.info("database is back; recording %d held-back results", len(h.pending))
-                h.ok, h.error, h.failures = True, None, 0
+                self.link.up()
             while h.pending:
                 job, outcome = h.pending[0]
                 await self._write_outcome(job, outcome)
@@ -336,7 +304,7 @@ class Supervisor:
                 self.site_pauses.clear()
                 self.site_pauses.update({s: now + left for s, left in pauses.items()})
         except DatabaseUnavailable as exc:
-            self._db_down(exc)
+            self.link.down(exc)
 
     async def _release_strays(self, kept: set[tuple[int, str]]) -> None:
         """Rows leased to this node that no slot runs: a claim whose answer never reached us
@@ -369,7 +337,7 @@ class Supervisor:
             for c, slot in zip(claimed, idle):
                 await self._start(c, slot, now)
         except DatabaseUnavailable as exc:
-            self._db_down(exc)
+            self.link.down(exc)
 
     async def _start(self, c: Claimed, slot: Slot, now: float) -> None:
         d = self.cfg.download
@@ -434,4 +402,4 @@ class Supervisor:
         except DatabaseUnavailable as exc:
             log.error("could not record %d results before exit (%s); their leases will expire",
                       len(self.db_health.pending), exc)
-        self._dbx.shutdown(wait=False)
+        self.link.close()
