@@ -384,6 +384,11 @@ def db_counts(db_path: str) -> dict[str, int]:
         con.close()
 
 
+def met(ok: bool) -> str:
+    """The "met" column of a targets table."""
+    return "yes" if ok else "**NO**"
+
+
 def median_of(values: Sequence[float]) -> float:
     return statistics.median(values) if values else float("nan")
 

@@ -15,7 +15,7 @@ import subprocess
 import sys
 import time
 
-from common import (KiB, MiB, MediaServer, Table, Workdir, db_counts, machine_busy, start_measured, tree_pss,
+from common import (KiB, MiB, MediaServer, Table, Workdir, db_counts, machine_busy, met, start_measured, tree_pss,
                     verify_files, vfd_cmd, write_config)
 
 SIZE = 8 * KiB
@@ -98,14 +98,14 @@ def run(args: argparse.Namespace) -> list[Table]:
         if s1000 and end:
             peak = max(s[2] for s in samples)
             growth = (end[2] - s1000[2]) / s1000[2]
-            ta.add("total PSS <= 400 MiB (max over samples)", f"{peak / MiB:.1f} MiB", _yes(peak <= 400 * MiB))
+            ta.add("total PSS <= 400 MiB (max over samples)", f"{peak / MiB:.1f} MiB", met(peak <= 400 * MiB))
             ta.add(f"flat within 10% from job {s1000[0]} to job {end[0]}", f"{100 * growth:+.1f}%",
-                   _yes(abs(growth) <= 0.10))
-        ta.add("SIGTERM -> exit 0", f"exit {rc}", _yes(rc == 0))
+                   met(abs(growth) <= 0.10))
+        ta.add("SIGTERM -> exit 0", f"exit {rc}", met(rc == 0))
         ta.add(f"all {total} jobs done within {deadline_s:.0f}s",
-               f"{done} done" + (" (timed out)" if timed_out else ""), _yes(done >= total and not timed_out))
+               f"{done} done" + (" (timed out)" if timed_out else ""), met(done >= total and not timed_out))
         ta.add("sha256 of every file", f"{ok}/{done} ok" + (f"; {bad[:3]}" if bad else ""),
-               _yes(not bad and ok == done))
+               met(not bad and ok == done))
         c = st.get("counters", {})
         t.note(f"daemon: ready after {ready_s:.2f}s, wall {wall:.1f}s, tree CPU {cpu:.1f}s "
                f"({1000 * cpu / max(done, 1):.1f} ms/job), overall {done / wall:.1f} jobs/s, bg load {bg:.2f} cores; "
@@ -119,10 +119,6 @@ def run(args: argparse.Namespace) -> list[Table]:
     finally:
         server.stop()
         wd.cleanup()
-
-
-def _yes(ok: bool) -> str:
-    return "yes" if ok else "**NO**"
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:

@@ -10,7 +10,7 @@ from __future__ import annotations
 import argparse
 import os
 
-from common import (KiB, MiB, YTDLP, MediaServer, Measured, Table, Workdir, completion_times, run_measured,
+from common import (KiB, MiB, YTDLP, MediaServer, Measured, Table, Workdir, completion_times, met, run_measured,
                     verify_files, vfd_cmd, write_config)
 
 SIZE = 50 * KiB
@@ -122,10 +122,10 @@ def run(args: argparse.Namespace) -> list[Table]:
         for workers in args.workers:
             r = results[f"vfd{workers}"]["rate"]
             ra = results[f"vfd{workers}+add"]["rate"]
-            ta.add(f"{workers} workers: >= 40 jobs/s (fetch)", f"{r:.1f} jobs/s", _yes(r >= 40))
-            ta.add(f"{workers} workers: >= 40 jobs/s (add + fetch)", f"{ra:.1f} jobs/s", _yes(ra >= 40))
-            ta.add(f"{workers} workers: >= 2x yt-dlp -a", f"{r / seq:.2f}x", _yes(r >= 2 * seq))
-            ta.add(f"{workers} workers: >= 30x xargs -P 8 yt-dlp", f"{r / xr:.1f}x", _yes(r >= 30 * xr))
+            ta.add(f"{workers} workers: >= 40 jobs/s (fetch)", f"{r:.1f} jobs/s", met(r >= 40))
+            ta.add(f"{workers} workers: >= 40 jobs/s (add + fetch)", f"{ra:.1f} jobs/s", met(ra >= 40))
+            ta.add(f"{workers} workers: >= 2x yt-dlp -a", f"{r / seq:.2f}x", met(r >= 2 * seq))
+            ta.add(f"{workers} workers: >= 30x xargs -P 8 yt-dlp", f"{r / xr:.1f}x", met(r >= 30 * xr))
         t.note("1st file s = seconds from process start to the first finished file (file mtime); steady jobs/s ="
                " (files - 1) / (last - first finish): the rate once workers are warm. bg load = CPU used by"
                " other processes on this (shared) machine during the run, in cores of the 2.")
@@ -138,10 +138,6 @@ def run(args: argparse.Namespace) -> list[Table]:
     finally:
         server.stop()
         wd.cleanup()
-
-
-def _yes(ok: bool) -> str:
-    return "yes" if ok else "**NO**"
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
