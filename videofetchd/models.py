@@ -70,7 +70,10 @@ NOW_SQL = {
     "postgres": "(extract(epoch from clock_timestamp())::double precision)",
 }
 
-_STATUS_CHECK = "CHECK (status IN ({}))".format(", ".join(f"'{s}'" for s in STATES))
+#: an OR chain, not ``status IN (...)``: SQLite probes a temporary index for an IN list on every
+#: inserted row, which made a scan's bulk insert a third slower. Same meaning, so no new schema
+#: version: tables created before keep the IN form and work the same.
+_STATUS_CHECK = "CHECK ({})".format(" OR ".join(f"status = '{s}'" for s in STATES))
 
 
 def schema_v1(backend: str) -> list[str]:
