@@ -1,8 +1,9 @@
 """The offline library scanner: mark the rows of video files that already exist done.
 
-The walk (``walker.py``: directories, IDs, partial files) runs in a helper thread and hands
-batches over a bounded queue; the calling thread writes each batch in one transaction (rules in
-``library.record_files``), so readdir/stat and SQLite overlap. Afterwards done rows under the
+The walk (``walker.py``: directories, IDs, partial files) runs in a forked child or a helper
+thread and hands chunks over a pipe or a bounded queue; the calling thread writes them in batches,
+one transaction each (rules in ``library.record_files``), so readdir/stat and SQLite overlap and
+memory stays flat. Afterwards done rows under the
 scanned roots whose file is gone become ``missing`` (or ``queued`` with ``scan.requeue_missing``),
 unless a root looks unmounted (missing, or empty while rows point into it).
 This module never touches the network, never imports yt-dlp, never writes SQL itself (that is
@@ -11,25 +12,38 @@ This module never touches the network, never imports yt-dlp, never writes SQL it
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import logging
+import marshal
 import os
 import queue
+import signal
 import threading
 import time
-from collections.abc import Sequence
+import traceback
+from collections.abc import Generator, Sequence
 from dataclasses import asdict, dataclass
-from typing import Any
+from typing import Any, Literal, NoReturn
 
 from . import library
 from .config import ScanConfig
+from .errors import VideofetchdError
 from .store import Store
-from .walker import MAX_WARNINGS, ScanRootError, Tally, Walker, is_valid_id, show_path, utf8_ok
+from .walker import MAX_WARNINGS, Found, ScanRootError, Tally, Walker, is_valid_id, show_path, utf8_ok
 
 __all__ = ["MAX_WARNINGS", "ScanReport", "ScanRootError", "Tally", "Walker", "is_valid_id", "scan_into_store"]
 
 log = logging.getLogger(__name__)
 
+
+class ScanError(VideofetchdError):
+    """The walk failed for a reason other than a bad root (its process died, or a bug)."""
+
+
 BATCH_FILES = 5000  #: recognised files per database transaction (sorted by ID, see library.record_files)
+CHUNK_FILES = 1000  #: recognised files per hand-over from the walker
+PIPE_BYTES = 1 << 20  #: the forked walker's pipe: about 7,000 files ahead (Linux allows 1 MiB unprivileged)
 
 
 @dataclass(frozen=True)
@@ -105,39 +119,120 @@ def _is_empty(root: str) -> bool:
         raise ScanRootError(f"cannot read scan root {show_path(root)}: {exc.strerror or exc}") from None
 
 
-_END = object()  # marks the end of one root in the walker's queue
+WalkEvent = tuple[str, list[Found] | None]  #: (root, files found) or (root, None) at the end of a root
+_DONE = object()  # the thread's last item on its queue
 
 
-def _walk_ahead(walker: Walker, roots: list[str], out: queue.Queue[Any], stop: threading.Event) -> None:
-    """Thread body: walk every root and hand batches over; stat and readdir release the GIL, so the
-    walk of the next batch overlaps the database write of the previous one."""
+def _thread_walk(walker: Walker, roots: list[str]) -> Generator[WalkEvent, None, None]:
+    """Walk in a helper thread that hands chunks over a bounded queue (flat memory). For callers
+    that run other threads (the daemon): readdir and stat release the GIL, so the walk overlaps
+    the database writes, though the two threads still take turns at the GIL."""
+    handoff: queue.Queue[Any] = queue.Queue(maxsize=BATCH_FILES // CHUNK_FILES * 2)
+    stop = threading.Event()
+
     def put(item: Any) -> None:
         while not stop.is_set():
             try:
-                out.put(item, timeout=0.2)
+                handoff.put(item, timeout=0.2)
                 return
             except queue.Full:
                 continue
 
+    def body() -> None:
+        try:
+            for root in roots:
+                for chunk in walker.walk(root, CHUNK_FILES):
+                    put((root, chunk))
+                put((root, None))
+            put(_DONE)
+        except BaseException as exc:  # noqa: BLE001 - handed to the consuming thread, which re-raises
+            put(exc)
+
+    thread = threading.Thread(target=body, name="videofetchd-scan-walk", daemon=True)
+    thread.start()
     try:
-        for root in roots:
-            for batch in walker.walk(root, BATCH_FILES):
-                if stop.is_set():
+        while (item := handoff.get()) is not _DONE:
+            if isinstance(item, BaseException):
+                raise item
+            yield item
+    finally:
+        stop.set()
+        thread.join()
+
+
+def _forked_walk(walker: Walker, roots: list[str]) -> Generator[WalkEvent, None, None]:
+    """Walk in a forked child that streams chunks through a pipe, so the walk and the database
+    writes run on two cores (a scan of 100,000 files takes about a quarter less time than with a
+    thread). Only for a caller with no other thread (``videofetchctl scan``): forking a
+    multi-threaded process can copy a lock some other thread holds. The child's counts and
+    warnings come back at the end; its own log lines go to the inherited stderr."""
+    read_fd, write_fd = os.pipe()
+    with contextlib.suppress(OSError):  # a deeper pipe keeps the walker going while a batch commits
+        fcntl.fcntl(write_fd, fcntl.F_SETPIPE_SZ, PIPE_BYTES)
+    pid = os.fork()
+    if pid == 0:  # pragma: no cover - the child; its output is checked by the parent's tests
+        os.close(read_fd)
+        _walker_child(walker, roots, write_fd)
+    os.close(write_fd)
+    finished = False
+    try:
+        with open(read_fd, "rb") as pipe:
+            while True:
+                try:
+                    event = marshal.load(pipe)
+                except (EOFError, ValueError):
+                    raise ScanError("the scan's walker process died") from None
+                kind = event[0]
+                if kind == "chunk":
+                    yield event[1], event[2]
+                elif kind == "end":
+                    yield event[1], None
+                elif kind == "tally":
+                    for key, n in event[1].items():
+                        walker.tally.add(key, n)
+                    walker.tally.warnings += event[2]
+                    finished = True
                     return
-                put((root, batch))
-            put((root, _END))
-    except BaseException as exc:  # noqa: BLE001 - handed to the consuming thread, which re-raises
-        put((None, exc))
+                elif kind == "root-error":
+                    raise ScanRootError(event[1])
+                else:
+                    raise ScanError(f"the scan's walker process failed: {event[1]}")
+    finally:
+        if not finished:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+        os.waitpid(pid, 0)
+
+
+def _walker_child(walker: Walker, roots: list[str], fd: int) -> NoReturn:  # pragma: no cover - see above
+    status = 1
+    try:
+        with open(fd, "wb") as pipe:
+            try:
+                for root in roots:
+                    for chunk in walker.walk(root, CHUNK_FILES):
+                        marshal.dump(("chunk", root, chunk), pipe)
+                    marshal.dump(("end", root), pipe)
+                marshal.dump(("tally", walker.tally.counts, walker.tally.warnings), pipe)
+            except ScanRootError as exc:
+                marshal.dump(("root-error", str(exc)), pipe)
+            except Exception as exc:  # noqa: BLE001 - a bug: reported to the parent, which raises
+                marshal.dump(("error", "".join(traceback.format_exception(exc)).rstrip()), pipe)
+        status = 0
+    finally:  # never return into the parent's code, nor run its atexit handlers or finalizers
+        os._exit(status)
 
 
 def scan_into_store(store: Store, directories: Sequence[str | os.PathLike[str]], scan_cfg: ScanConfig, *,
-                    dry_run: bool = False, reconcile: bool = True, allow_empty: bool = False) -> ScanReport:
+                    dry_run: bool = False, reconcile: bool = True, allow_empty: bool = False,
+                    walk_in: Literal["auto", "process", "thread"] = "auto") -> ScanReport:
     """Scan ``directories`` and record what they hold; see the module docstring for the rules.
 
     Raises ScanRootError, before writing anything, when a root does not exist, is not a directory,
     or is empty while done rows point into it; and after recording the files found (but before
     marking anything missing) when a root held no video at all while done rows point into it.
-    ``allow_empty`` lifts the emptiness guard (the library really was deleted).
+    ``allow_empty`` lifts the emptiness guard (the library really was deleted). ``walk_in`` is
+    "process", "thread" or "auto" (a process when the caller runs no other thread).
     """
     started = time.monotonic()
     roots = _normalise_roots(directories)
@@ -149,35 +244,30 @@ def scan_into_store(store: Store, directories: Sequence[str | os.PathLike[str]],
             if done_under[r] and _is_empty(r):
                 raise ScanRootError(f"scan root {r} is empty but {done_under[r]} done rows have files there: "
                                     "is the disk mounted? nothing was scanned")
-    walk_tally, db_tally = Tally(), Tally()  # one per thread: no shared counters
+    walk_tally, db_tally = Tally(), Tally()  # one per side: no shared counters
     found = dict.fromkeys(roots, 0)
     matched = dict.fromkeys(roots, 0)  # done rows whose path is a file this walk saw
-    handoff: queue.Queue[Any] = queue.Queue(maxsize=2)  # bounded: memory stays flat
-    stop = threading.Event()
-    thread = threading.Thread(target=_walk_ahead, args=(Walker(scan_cfg, walk_tally), roots, handoff, stop),
-                              name="videofetchd-scan-walk", daemon=True)
-    thread.start()
+    walker = Walker(scan_cfg, walk_tally)
+    if walk_in == "auto":
+        walk_in = "process" if threading.active_count() == 1 and hasattr(os, "fork") else "thread"
+    events = _forked_walk(walker, roots) if walk_in == "process" else _thread_walk(walker, roots)
     refused: list[str] = []
-    try:
-        finished = 0
-        while finished < len(roots):
-            root, item = handoff.get()
-            if isinstance(item, BaseException):
-                raise item
-            if item is _END:
-                finished += 1
-                if done_under[root] and not allow_empty and not found[root]:
-                    refused.append(root)
-            elif item:
-                found[root] += len(item)
-                matched[root] += library.record_files(store, item, db_tally.counts, dry_run=dry_run)
-    finally:
-        stop.set()
-        thread.join()
+    batch: list[Found] = []
+    with contextlib.closing(events):
+        for root, chunk in events:
+            if chunk:
+                batch += chunk
+                found[root] += len(chunk)
+            if batch and (chunk is None or len(batch) >= BATCH_FILES):
+                matched[root] += library.record_files(store, batch, db_tally.counts, dry_run=dry_run)
+                batch = []
+            if chunk is None and done_under[root] and not allow_empty and not found[root]:
+                refused.append(root)
     db_tally.add("videos_found", sum(found.values()))
     if reconcile and not refused:
         for r in roots:
-            _reconcile(store, r, scan_cfg, db_tally, dry_run=dry_run, matched=matched[r])
+            if done_under[r]:  # else every done row under r was made by this scan, or just downloaded
+                _reconcile(store, r, scan_cfg, db_tally, dry_run=dry_run, matched=matched[r])
     report = _report(roots, walk_tally, db_tally, dry_run, time.monotonic() - started)
     if refused:
         raise ScanRootError(

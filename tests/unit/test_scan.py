@@ -227,6 +227,14 @@ def test_broken_sidecars_warn_and_fall_back(tmp_path: Path, caplog: pytest.LogCa
     assert sum("ignored sidecar" in r.getMessage() for r in caplog.records) == 3
 
 
+def test_a_fifo_named_like_a_sidecar_is_skipped_not_waited_on(tmp_path: Path) -> None:
+    a = touch(tmp_path / "a [aname].mp4")
+    os.mkfifo(tmp_path / "a [aname].info.json")  # opening it for reading would block for ever
+    found, tally = walk(tmp_path)
+    assert found[str(a)][0::3] == ("aname", "filename")
+    assert tally.counts["skipped_errors"] == 1 and "not a regular file" in tally.warnings[0]
+
+
 def test_is_valid_id_matches_validate_video_id() -> None:
     samples = ["dQw4w9WgXcQ", "a", ".", "..", ".x", "-x", "a b", "a/b", "a=b", "x" * 200, "x" * 201,
                "ok:1@2~3+4", "tab\t", "é", "", "a\nb", "_", "1080p"]
@@ -314,6 +322,25 @@ def test_second_copy_of_a_done_video_is_a_duplicate(store: Store, tmp_path: Path
     report = scan_into_store(store, [lib], CFG)
     assert rows(store)["dup"]["file_path"] == kept and report.duplicates == 1
     assert kept in (str(first), str(lib / "b" / "x again [dup].mkv"))
+
+
+def test_a_first_import_with_a_few_known_ids_keeps_every_rule(store: Store, tmp_path: Path) -> None:
+    """A batch that looks new (the few known IDs are off the sampled ones) is inserted blind,
+    chunk by chunk; the chunks holding known IDs roll back and go through the careful path."""
+    lib = tmp_path / "lib"
+    ids = [f"id{i:05d}" for i in range(3000)]
+    paths = {vid: touch(lib / f"d{i % 9}" / f"video {i} [{vid}].mp4") for i, vid in enumerate(ids)}
+    set_rows(store, "queued", {ids[1]: None})
+    set_rows(store, "running", {ids[1501]: None})
+    set_rows(store, "done", {ids[2999]: str(paths[ids[2999]])})
+    report = scan_into_store(store, [lib], CFG)
+    assert (report.videos_found, report.created, report.marked_done) == (3000, 2997, 2998)
+    assert (report.already_done, report.skipped_running) == (1, 1)
+    r = rows(store)
+    assert r[ids[1]]["status"] == "done" and r[ids[1]]["file_path"] == str(paths[ids[1]])
+    assert r[ids[1501]]["status"] == "running" and r[ids[1501]]["file_path"] is None
+    assert sum(row["status"] == "done" for row in r.values()) == 2999
+    assert all(r[vid]["file_path"] == str(path) for vid, path in paths.items() if vid != ids[1501])
 
 
 def test_batches_across_boundaries(store: Store, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

@@ -1,0 +1,135 @@
+"""How the scanner hands the walk over: a forked child through a pipe, or a helper thread through a
+queue. Both must report exactly the same; a child that dies or a consumer that gives up must not
+leave a process behind."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import threading
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import psutil
+import pytest
+
+from videofetchd import scan
+from videofetchd.config import ScanConfig
+from videofetchd.scan import ScanError, Tally, Walker, WalkEvent, scan_into_store
+from videofetchd.store import open_store
+
+CFG = ScanConfig()
+
+
+def make_library(root: Path, n: int, name_len: int = 20) -> None:
+    """n videos in a few directories, with a sidecar, a partial, a broken sidecar and a stray file."""
+    for i in range(n):
+        d = root / f"d{i % 5}"
+        d.mkdir(parents=True, exist_ok=True)
+        (d / f"{'t' * name_len} {i} [vid{i:06d}].mp4").write_bytes(b"x" * (1 + i % 7))
+    (root / "s.webm").write_bytes(b"y")
+    (root / "s.info.json").write_text(json.dumps({"id": "sidecarid", "extractor_key": "Youtube"}))
+    (root / "p [partial01].mp4.part").write_bytes(b"z")
+    (root / "b [brokenjs].mp4").write_bytes(b"b")
+    (root / "b [brokenjs].info.json").write_text("{oops")
+    (root / "notes.txt").write_text("not a video")
+
+
+def children() -> list[psutil.Process]:
+    return psutil.Process().children()
+
+
+@pytest.mark.parametrize("dry_run", [False, True])
+def test_process_and_thread_walks_report_the_same(tmp_path: Path, dry_run: bool) -> None:
+    lib = tmp_path / "lib"
+    make_library(lib, 2500)
+    reports: dict[str, tuple[dict[str, Any], list[tuple[Any, ...]]]] = {}
+    for mode in ("process", "thread"):
+        store = open_store(f"sqlite:///{tmp_path}/{mode}.db")
+        try:
+            report = scan_into_store(store, [lib], CFG, dry_run=dry_run, walk_in=mode)
+            done = store.read("SELECT video_id, file_path, file_size, found_by FROM videos ORDER BY video_id")
+        finally:
+            store.close()
+        reports[mode] = ({**report.to_dict(), "elapsed_s": None}, done)
+    assert reports["process"] == reports["thread"]
+    seen, written = reports["process"]
+    assert seen["videos_found"] == 2502 and seen["partial"] == 1 and seen["skipped_errors"] == 1
+    assert seen["unrecognized"] == 0 and seen["files_seen"] == 2506
+    assert any("ignored sidecar" in w for w in seen["warnings"])
+    assert len(written) == (0 if dry_run else 2502)
+    assert children() == []
+
+
+def test_auto_forks_only_without_other_threads(tmp_path: Path) -> None:
+    """Under pytest the main thread is alone, so "auto" forks; with a thread running it must not."""
+    lib = tmp_path / "lib"
+    make_library(lib, 10)
+    seen: list[str] = []
+    real = {"process": scan._forked_walk, "thread": scan._thread_walk}
+
+    def spy(mode: str) -> Callable[[Walker, list[str]], Iterator[WalkEvent]]:
+        def source(walker: Walker, roots: list[str]) -> Iterator[WalkEvent]:
+            seen.append(mode)
+            return real[mode](walker, roots)
+        return source
+
+    store = open_store(f"sqlite:///{tmp_path}/q.db")
+    try:
+        with pytest.MonkeyPatch.context() as mp:
+            mp.setattr(scan, "_forked_walk", spy("process"))
+            mp.setattr(scan, "_thread_walk", spy("thread"))
+            scan_into_store(store, [lib], CFG, allow_empty=True)
+            stop = threading.Event()
+            other = threading.Thread(target=stop.wait)
+            other.start()
+            try:
+                scan_into_store(store, [lib], CFG)
+            finally:
+                stop.set()
+                other.join()
+    finally:
+        store.close()
+    assert seen == ["process", "thread"]
+
+
+def test_a_walker_child_that_dies_fails_the_scan_and_is_reaped(tmp_path: Path) -> None:
+    # long names: the listing is larger than the pipe (1 MiB), so the child is still there, blocked
+    # on a full pipe, when it is killed after the first chunk arrives
+    lib = tmp_path / "lib"
+    make_library(lib, 5000, name_len=220)
+    events = scan._forked_walk(Walker(CFG, Tally()), [str(lib)])
+    root, chunk = next(events)
+    assert root == str(lib) and chunk
+    (child,) = children()
+    child.send_signal(signal.SIGKILL)
+    with pytest.raises(ScanError, match="walker process died"):
+        for _ in events:
+            pass
+    assert children() == [] and not psutil.pid_exists(child.pid)  # killed and reaped, no zombie
+
+
+def test_a_consumer_that_stops_early_kills_and_reaps_the_child(tmp_path: Path) -> None:
+    lib = tmp_path / "lib"
+    make_library(lib, 5000, name_len=220)
+    events = scan._forked_walk(Walker(CFG, Tally()), [str(lib)])
+    next(events)
+    (child,) = children()
+    events.close()  # what scan_into_store does when a database write raises mid-scan
+    assert children() == [] and not psutil.pid_exists(child.pid)
+
+
+def test_a_database_error_mid_scan_leaves_no_child(tmp_path: Path) -> None:
+    lib = tmp_path / "lib"
+    make_library(lib, 3000)
+    store = open_store(f"sqlite:///{tmp_path}/q.db")
+    store.write("DROP TABLE videos")  # every write of the scan now fails
+    try:
+        with pytest.raises(Exception):
+            scan_into_store(store, [lib], CFG, walk_in="process")
+    finally:
+        store.close()
+    assert children() == []
+    assert os.listdir(lib)  # the library itself is untouched
