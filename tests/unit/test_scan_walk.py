@@ -70,10 +70,10 @@ def test_auto_forks_only_without_other_threads(tmp_path: Path) -> None:
     seen: list[str] = []
     real = {"process": scan._forked_walk, "thread": scan._thread_walk}
 
-    def spy(mode: str) -> Callable[[Walker, list[str]], Iterator[WalkEvent]]:
-        def source(walker: Walker, roots: list[str]) -> Iterator[WalkEvent]:
+    def spy(mode: str) -> Callable[..., Iterator[WalkEvent]]:
+        def source(*args: Any) -> Iterator[WalkEvent]:
             seen.append(mode)
-            return real[mode](walker, roots)
+            return real[mode](*args)  # type: ignore[operator]
         return source
 
     store = open_store(f"sqlite:///{tmp_path}/q.db")
@@ -95,25 +95,35 @@ def test_auto_forks_only_without_other_threads(tmp_path: Path) -> None:
     assert seen == ["process", "thread"]
 
 
+@pytest.fixture
+def small_pipes(monkeypatch: pytest.MonkeyPatch) -> None:
+    """64 KiB pipes: a walker of the libraries below (700 KiB of listing) cannot finish before the
+    parent reads, so it is certainly still there when a test kills it."""
+    monkeypatch.setattr(scan, "PIPE_BYTES", 64 * 1024)
+
+
+@pytest.mark.usefixtures("small_pipes")
 def test_a_walker_child_that_dies_fails_the_scan_and_is_reaped(tmp_path: Path) -> None:
-    # long names: the listing is larger than the pipe (1 MiB), so the child is still there, blocked
-    # on a full pipe, when it is killed after the first chunk arrives
     lib = tmp_path / "lib"
-    make_library(lib, 5000, name_len=220)
+    make_library(lib, 3000, name_len=220)
     events = scan._forked_walk(Walker(CFG, Tally()), [str(lib)])
-    root, chunk = next(events)
-    assert root == str(lib) and chunk
-    (child,) = children()
-    child.send_signal(signal.SIGKILL)
-    with pytest.raises(ScanError, match="walker process died"):
-        for _ in events:
-            pass
-    assert children() == [] and not psutil.pid_exists(child.pid)  # killed and reaped, no zombie
+    try:
+        root, chunk = next(events)
+        assert root == str(lib) and chunk
+        (child,) = children()
+        child.send_signal(signal.SIGKILL)
+        with pytest.raises(ScanError, match="walker process died"):
+            for _ in events:
+                pass
+    finally:
+        events.close()
+    assert children() == [] and not psutil.pid_exists(child.pid)  # reaped: no zombie left
 
 
+@pytest.mark.usefixtures("small_pipes")
 def test_a_consumer_that_stops_early_kills_and_reaps_the_child(tmp_path: Path) -> None:
     lib = tmp_path / "lib"
-    make_library(lib, 5000, name_len=220)
+    make_library(lib, 3000, name_len=220)
     events = scan._forked_walk(Walker(CFG, Tally()), [str(lib)])
     next(events)
     (child,) = children()
