@@ -12,10 +12,11 @@ import pytest
 
 from pg import pg_url  # noqa: F401  (fixture)
 from videofetchd import scan
+from videofetchd import walker as walker_mod
 from videofetchd.config import ScanConfig
 from videofetchd.errors import InvalidVideoId, VideofetchdError
 from videofetchd.jobs import validate_video_id
-from videofetchd.scan import ScanRootError, Walker, Tally, is_valid_id, scan_into_store
+from videofetchd.scan import ScanRootError, Walker, Tally, is_valid_id, scan_directories
 from videofetchd.scan_cli import extractor_for_site, parse_archive_line
 from videofetchd.library import record_archive
 from videofetchd.store import Store, open_store
@@ -235,6 +236,45 @@ def test_a_fifo_named_like_a_sidecar_is_skipped_not_waited_on(tmp_path: Path) ->
     assert tally.counts["skipped_errors"] == 1 and "not a regular file" in tally.warnings[0]
 
 
+def _sidecar_reference(data: bytes) -> tuple[str, str | None] | None:
+    info = json.loads(data)
+    extractor = info.get("extractor_key") or info.get("extractor")
+    return info["id"], extractor if isinstance(extractor, str) and extractor else None
+
+
+def test_sidecar_short_cut_agrees_with_json() -> None:
+    """The info.json short cut takes what yt-dlp writes and hands everything else to json."""
+    formats = [{"format_id": str(i), "url": "https://x.invalid/?" + "&".join(f"k{j}=v" for j in range(50)),
+                "http_headers": {"User-Agent": "Mozilla/5.0"}} for i in range(60)]
+    real = {"id": "dQw4w9WgXcQ", "title": 'say "hi"', "formats": formats,
+            "description": 'a trap: \"extractor_key\": \"Evil\", and "extractor": "Evil" in text',
+            "tags": ["extractor", "extractor_key"], "extractor": "youtube", "extractor_key": "Youtube",
+            "requested_formats": [{"extractor_key": "Youtube", "format_id": "1"}]}
+    docs = [
+        json.dumps(real), json.dumps(real, indent=2), json.dumps({"id": "abc", "extractor": "vimeo"}),
+        json.dumps({"id": "abc"}), json.dumps({"id": "abc", "extractor_key": "", "extractor": "generic"}),
+        json.dumps({"id": "abc", "extractor_key": None}), json.dumps({"id": "a\u0062c"}),
+        json.dumps({"id": "abc", "extractor_key": "Odd\"Key"}), json.dumps({"title": "t", "id": "later"}),
+        json.dumps({"id": "abc", "nested": {"extractor_key": "Same"}, "extractor_key": "Same"}),
+    ]
+    short_cut = 0
+    for doc in docs:
+        fast = walker_mod._sidecar_fast(doc.encode())
+        if fast is not None:
+            short_cut += 1
+            assert fast == _sidecar_reference(doc.encode()), doc[:80]
+    assert walker_mod._sidecar_fast(json.dumps(real).encode()) == ("dQw4w9WgXcQ", "Youtube")
+    assert short_cut >= 5  # the common shapes do not fall back
+
+
+def test_sidecar_without_id_first_is_parsed_in_full(tmp_path: Path) -> None:
+    v = touch(tmp_path / "x.mp4")
+    (tmp_path / "x.info.json").write_text(json.dumps({"title": "t", "id": "laterid", "extractor": "vimeo"}))
+    found, tally = walk(tmp_path)
+    assert found[str(v)][0::3] == ("laterid", "info.json") and found[str(v)][4] == "vimeo"
+    assert not tally.warnings
+
+
 def test_is_valid_id_matches_validate_video_id() -> None:
     samples = ["dQw4w9WgXcQ", "a", ".", "..", ".x", "-x", "a b", "a/b", "a=b", "x" * 200, "x" * 201,
                "ok:1@2~3+4", "tab\t", "é", "", "a\nb", "_", "1080p"]
@@ -267,7 +307,7 @@ def test_new_ids_get_done_rows(store: Store, tmp_path: Path) -> None:
     a = touch(lib / "a [aaa].mp4", b"12345")
     touch(lib / "s.webm")
     (lib / "s.info.json").write_text(json.dumps({"id": "sss", "extractor_key": "Youtube"}))
-    report = scan_into_store(store, [lib], CFG)
+    report = scan_directories(store, [lib], CFG)
     assert (report.created, report.marked_done, report.videos_found, report.files_seen) == (2, 2, 2, 3)
     r = rows(store)
     assert r["aaa"]["status"] == "done" and r["aaa"]["file_path"] == str(a) and r["aaa"]["file_size"] == 5
@@ -286,7 +326,7 @@ def test_known_rows_become_done_and_running_rows_are_left_alone(store: Store, tm
     set_rows(store, "missing", {"m1": "/old/place.mp4"})
     set_rows(store, "running", {"r1": None})
     store.write("UPDATE videos SET last_error = 'boom', error_kind = 'transient' WHERE video_id = 'f1'")
-    report = scan_into_store(store, [lib], CFG)
+    report = scan_directories(store, [lib], CFG)
     assert (report.marked_done, report.created, report.skipped_running) == (3, 0, 1)
     r = rows(store)
     assert {v: r[v]["status"] for v in r} == {"q1": "done", "f1": "done", "m1": "done", "r1": "running"}
@@ -299,15 +339,15 @@ def test_rescan_changes_nothing_and_moves_are_followed(store: Store, tmp_path: P
     lib = tmp_path / "lib"
     a = touch(lib / "a [aaa].mp4")
     touch(lib / "b [bbb].mp4")
-    scan_into_store(store, [lib], CFG)
+    scan_directories(store, [lib], CFG)
     before = store.read("SELECT video_id, updated_at FROM videos ORDER BY video_id")
-    again = scan_into_store(store, [lib], CFG)
+    again = scan_directories(store, [lib], CFG)
     assert (again.already_done, again.marked_done, again.missing) == (2, 0, 0)
     assert store.read("SELECT video_id, updated_at FROM videos ORDER BY video_id") == before
     moved = lib / "sub" / a.name
     moved.parent.mkdir()
     a.rename(moved)
-    third = scan_into_store(store, [lib], CFG)
+    third = scan_directories(store, [lib], CFG)
     assert (third.already_done, third.moved, third.missing) == (2, 1, 0)
     assert rows(store)["aaa"]["file_path"] == str(moved)
 
@@ -316,10 +356,10 @@ def test_second_copy_of_a_done_video_is_a_duplicate(store: Store, tmp_path: Path
     lib = tmp_path / "lib"
     first = touch(lib / "a" / "x [dup].mp4")
     touch(lib / "b" / "x again [dup].mkv")
-    report = scan_into_store(store, [lib], CFG)
+    report = scan_directories(store, [lib], CFG)
     assert (report.created, report.duplicates) == (1, 1)
     kept = rows(store)["dup"]["file_path"]
-    report = scan_into_store(store, [lib], CFG)
+    report = scan_directories(store, [lib], CFG)
     assert rows(store)["dup"]["file_path"] == kept and report.duplicates == 1
     assert kept in (str(first), str(lib / "b" / "x again [dup].mkv"))
 
@@ -333,7 +373,7 @@ def test_a_first_import_with_a_few_known_ids_keeps_every_rule(store: Store, tmp_
     set_rows(store, "queued", {ids[1]: None})
     set_rows(store, "running", {ids[1501]: None})
     set_rows(store, "done", {ids[2999]: str(paths[ids[2999]])})
-    report = scan_into_store(store, [lib], CFG)
+    report = scan_directories(store, [lib], CFG)
     assert (report.videos_found, report.created, report.marked_done) == (3000, 2997, 2998)
     assert (report.already_done, report.skipped_running) == (1, 1)
     r = rows(store)
@@ -350,7 +390,7 @@ def test_batches_across_boundaries(store: Store, tmp_path: Path, monkeypatch: py
         touch(lib / f"d{i % 7}" / f"video {i} [id{i:05d}].mp4")
     touch(lib / "d0" / "again [id00001].mp4")  # a duplicate, probably in another batch
     set_rows(store, "queued", {f"id{i:05d}": None for i in range(0, 2500, 10)})
-    report = scan_into_store(store, [lib], CFG)
+    report = scan_directories(store, [lib], CFG)
     assert report.videos_found == 2501 and report.marked_done == 2500 and report.created == 2250
     assert report.duplicates == 1
     assert store.counts()["done"] == 2500
@@ -378,7 +418,7 @@ def test_dry_run_writes_nothing(store: Store, tmp_path: Path) -> None:
     touch(lib / "q [qqq].mp4")
     set_rows(store, "done", {"gone": str(lib / "gone [gone].mp4")})
     before = store.read("SELECT * FROM videos ORDER BY id")
-    report = scan_into_store(store, [lib], CFG, dry_run=True)
+    report = scan_directories(store, [lib], CFG, dry_run=True)
     assert (report.created, report.marked_done, report.missing, report.dry_run) == (1, 2, 1, True)
     assert "would mark 2 done" in report.summary() and "nothing written" in report.summary()
     assert store.read("SELECT * FROM videos ORDER BY id") == before
@@ -390,9 +430,9 @@ def test_reconcile_marks_gone_files_missing(store: Store, tmp_path: Path) -> Non
     gone = touch(lib / "g [gone].mp4")
     other = tmp_path / "other" / "o [other].mp4"  # done, outside the scanned root: not ours to judge
     set_rows(store, "done", {"other": str(other)})
-    scan_into_store(store, [lib], CFG)
+    scan_directories(store, [lib], CFG)
     gone.unlink()
-    report = scan_into_store(store, [lib], CFG)
+    report = scan_directories(store, [lib], CFG)
     assert (report.missing, report.requeued_missing) == (1, 0)
     r = rows(store)
     assert r["gone"]["status"] == "missing" and "file missing" in r["gone"]["last_error"]
@@ -400,7 +440,7 @@ def test_reconcile_marks_gone_files_missing(store: Store, tmp_path: Path) -> Non
     assert r["keep"]["status"] == "done" and r["keep"]["file_path"] == str(keep)
     assert r["other"]["status"] == "done"
     touch(gone)  # it comes back: done again
-    assert scan_into_store(store, [lib], CFG).marked_done == 1
+    assert scan_directories(store, [lib], CFG).marked_done == 1
     assert rows(store)["gone"]["status"] == "done"
 
 
@@ -408,10 +448,10 @@ def test_reconcile_requeue_missing(store: Store, tmp_path: Path) -> None:
     lib = tmp_path / "lib"
     touch(lib / "k [keep].mp4")
     gone = touch(lib / "g [gone].mp4")
-    scan_into_store(store, [lib], CFG)
+    scan_directories(store, [lib], CFG)
     store.write("UPDATE videos SET attempts = 3")
     gone.unlink()
-    report = scan_into_store(store, [lib], ScanConfig(requeue_missing=True))
+    report = scan_directories(store, [lib], ScanConfig(requeue_missing=True))
     assert (report.missing, report.requeued_missing) == (1, 1)
     r = rows(store)["gone"]
     assert (r["status"], r["attempts"], r["file_path"]) == ("queued", 0, None)
@@ -422,17 +462,17 @@ def test_reconcile_can_be_turned_off(store: Store, tmp_path: Path) -> None:
     lib = tmp_path / "lib"
     touch(lib / "k [keep].mp4")
     set_rows(store, "done", {"gone": str(lib / "gone.mp4")})
-    report = scan_into_store(store, [lib], CFG, reconcile=False)
+    report = scan_directories(store, [lib], CFG, reconcile=False)
     assert report.missing == 0 and rows(store)["gone"]["status"] == "done"
 
 
 def test_missing_root_refuses_to_act(store: Store, tmp_path: Path) -> None:
     touch(tmp_path / "lib" / "a [aaa].mp4")
     with pytest.raises(ScanRootError, match="does not exist"):
-        scan_into_store(store, [tmp_path / "lib", tmp_path / "unmounted"], CFG)
+        scan_directories(store, [tmp_path / "lib", tmp_path / "unmounted"], CFG)
     assert rows(store) == {}
     with pytest.raises(ScanRootError, match="not a directory"):
-        scan_into_store(store, [tmp_path / "lib" / "a [aaa].mp4"], CFG)
+        scan_directories(store, [tmp_path / "lib" / "a [aaa].mp4"], CFG)
     assert issubclass(ScanRootError, VideofetchdError)
 
 
@@ -440,33 +480,33 @@ def test_empty_root_with_done_rows_is_an_unmounted_disk(store: Store, tmp_path: 
     mnt = tmp_path / "mnt"
     touch(mnt / "a [aaa].mp4")
     touch(mnt / "b [bbb].mp4")
-    scan_into_store(store, [mnt], CFG)
+    scan_directories(store, [mnt], CFG)
     for f in mnt.iterdir():
         f.unlink()
     with pytest.raises(ScanRootError, match="empty.*mounted"):
-        scan_into_store(store, [mnt], ScanConfig(requeue_missing=True))
+        scan_directories(store, [mnt], ScanConfig(requeue_missing=True))
     assert store.counts()["done"] == 2
     # files, but no video at all: the files found are recorded, nothing is marked missing
     touch(mnt / "lost+found" / "readme.txt")
     with pytest.raises(ScanRootError, match="no video files") as info:
-        scan_into_store(store, [mnt], CFG)
+        scan_directories(store, [mnt], CFG)
     assert info.value.report is not None and info.value.report.missing == 0
     assert store.counts()["done"] == 2
     # the operator says the library really is gone
-    report = scan_into_store(store, [mnt], CFG, allow_empty=True)
+    report = scan_directories(store, [mnt], CFG, allow_empty=True)
     assert report.missing == 2 and store.counts()["missing"] == 2
 
 
 def test_empty_root_without_rows_is_fine(store: Store, tmp_path: Path) -> None:
     (tmp_path / "new").mkdir()
-    report = scan_into_store(store, [tmp_path / "new"], CFG)
+    report = scan_directories(store, [tmp_path / "new"], CFG)
     assert report.files_seen == 0 and report.missing == 0
 
 
 def test_nested_roots_are_walked_once(sqlite_store: Store, tmp_path: Path) -> None:
     touch(tmp_path / "lib" / "sub" / "a [aaa].mp4")
-    report = scan_into_store(sqlite_store, [tmp_path / "lib" / "sub", tmp_path / "lib", str(tmp_path / "lib/")],
-                             CFG)
+    roots = [tmp_path / "lib" / "sub", tmp_path / "lib", str(tmp_path / "lib/")]
+    report = scan_directories(sqlite_store, roots, CFG)
     assert report.roots == (str(tmp_path / "lib"),) and report.videos_found == 1 and report.duplicates == 0
 
 
@@ -474,7 +514,7 @@ def test_similar_prefix_is_not_under_the_root(sqlite_store: Store, tmp_path: Pat
     touch(tmp_path / "lib" / "a [aaa].mp4")
     set_rows(sqlite_store, "done", {"sib": str(tmp_path / "lib2" / "gone.mp4"),
                                     "case": str(tmp_path / "LIB" / "gone.mp4")})
-    report = scan_into_store(sqlite_store, [tmp_path / "lib"], CFG)
+    report = scan_directories(sqlite_store, [tmp_path / "lib"], CFG)
     assert report.missing == 0 and sqlite_store.counts()["done"] == 3
 
 
@@ -490,5 +530,5 @@ def test_warnings_are_capped(tmp_path: Path) -> None:
 
 def test_report_to_dict_is_json(sqlite_store: Store, tmp_path: Path) -> None:
     touch(tmp_path / "a [aaa].mp4")
-    d = scan_into_store(sqlite_store, [tmp_path], CFG).to_dict()
+    d = scan_directories(sqlite_store, [tmp_path], CFG).to_dict()
     assert json.loads(json.dumps(d))["created"] == 1 and d["roots"] == [str(tmp_path)]
