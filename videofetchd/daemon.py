@@ -200,7 +200,7 @@ class Daemon:
 
     async def _scan(self, cfg: Config) -> None:
         from .errors import VideofetchdError
-        from .scan import scan_into_store
+        from .scan import scan_directories
         store = self.store
         assert store is not None
         loop = asyncio.get_running_loop()
@@ -209,7 +209,7 @@ class Daemon:
         def work() -> None:
             # a daemon thread, not an executor: a long scan must not hold up the daemon's exit
             try:
-                result: Any = scan_into_store(store, list(cfg.scan.directories), cfg.scan)
+                result: Any = scan_directories(store, list(cfg.scan.directories), cfg.scan)
                 settle = functools.partial(_settle, done, result, None)
             except BaseException as exc:  # noqa: BLE001 - handed to the awaiting task
                 settle = functools.partial(_settle, done, None, exc)

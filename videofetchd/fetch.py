@@ -74,8 +74,8 @@ async def run_fetch(cfg: Config, *, num_workers: int | None = None, existing_vid
     store = await loop.run_in_executor(None, open_store, cfg.database.url)
     scanned = 0
     if existing_videos_dir is not None:
-        from .scan import scan_into_store
-        report = await loop.run_in_executor(None, lambda: scan_into_store(store, [existing_videos_dir], cfg.scan))
+        from .scan import scan_directories
+        report = await loop.run_in_executor(None, lambda: scan_directories(store, [existing_videos_dir], cfg.scan))
         scanned = report.marked_done
         log.info("scan of %s: %s", existing_videos_dir, report.summary())
     sup = Supervisor(cfg, store, node=cfg.node_name(), one_shot=True)

@@ -44,22 +44,24 @@ def cmd_scan(args: argparse.Namespace, cfg: Config, out: TextIO) -> int:
         raise InvalidVideoId("scan: give directories, or set scan.directories in the configuration")
     from .logs import setup_logging
     setup_logging(cfg.logging.level, verbose=args.verbose)
-    from .scan import ScanReport, ScanRootError, scan_into_store
-    from .store import open_store
+    from .walkproc import start_walk
+    with start_walk(dirs, cfg.scan) as walk:  # it walks while the database layer loads
+        from .scan import ScanReport, ScanRootError, scan_into_store
+        from .store import open_store
 
-    def show(report: ScanReport) -> None:
-        out.write(json.dumps(report.to_dict(), indent=1) + "\n" if args.json else report.summary() + "\n")
+        def show(report: ScanReport) -> None:
+            out.write(json.dumps(report.to_dict(), indent=1) + "\n" if args.json else report.summary() + "\n")
 
-    store = open_store(cfg.database.url)
-    try:
-        show(scan_into_store(store, dirs, cfg.scan, dry_run=args.dry_run, reconcile=not args.no_reconcile,
-                             allow_empty=args.allow_empty))
-    except ScanRootError as exc:
-        if exc.report is not None:  # files were recorded before the guard refused to reconcile
-            show(exc.report)
-        raise
-    finally:
-        store.close()
+        store = open_store(cfg.database.url)
+        try:
+            show(scan_into_store(store, walk, dry_run=args.dry_run, reconcile=not args.no_reconcile,
+                                 allow_empty=args.allow_empty))
+        except ScanRootError as exc:
+            if exc.report is not None:  # files were recorded before the guard refused to reconcile
+                show(exc.report)
+            raise
+        finally:
+            store.close()
     return EXIT_OK
 
 

@@ -5,20 +5,21 @@ leave a process behind."""
 from __future__ import annotations
 
 import json
-import os
+import select
 import signal
 import threading
-from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import psutil
 import pytest
 
-from videofetchd import scan
+from videofetchd import walkproc
 from videofetchd.config import ScanConfig
-from videofetchd.scan import ScanError, Tally, Walker, WalkEvent, scan_into_store
+from videofetchd.errors import DatabaseUnavailable
+from videofetchd.scan import ScanError, scan_directories
 from videofetchd.store import open_store
+from videofetchd.walkproc import ForkedWalk, ThreadWalk, WalkMode, start_walk
 
 CFG = ScanConfig()
 
@@ -49,7 +50,7 @@ def test_process_and_thread_walks_report_the_same(tmp_path: Path, dry_run: bool)
     for mode in ("process", "thread"):
         store = open_store(f"sqlite:///{tmp_path}/{mode}.db")
         try:
-            report = scan_into_store(store, [lib], CFG, dry_run=dry_run, walk_in=mode)
+            report = scan_directories(store, [lib], CFG, dry_run=dry_run, walk_in=mode)
             done = store.read("SELECT video_id, file_path, file_size, found_by FROM videos ORDER BY video_id")
         finally:
             store.close()
@@ -67,47 +68,45 @@ def test_auto_forks_only_without_other_threads(tmp_path: Path) -> None:
     """Under pytest the main thread is alone, so "auto" forks; with a thread running it must not."""
     lib = tmp_path / "lib"
     make_library(lib, 10)
-    seen: list[str] = []
-    real = {"process": scan._forked_walk, "thread": scan._thread_walk}
-
-    def spy(mode: str) -> Callable[..., Iterator[WalkEvent]]:
-        def source(*args: Any) -> Iterator[WalkEvent]:
-            seen.append(mode)
-            return real[mode](*args)  # type: ignore[operator]
-        return source
-
-    store = open_store(f"sqlite:///{tmp_path}/q.db")
+    with start_walk([lib], CFG) as walk:
+        assert isinstance(walk, ForkedWalk) and len(children()) == 1
+        assert sum(len(chunk or ()) for _, chunk in walk) == 12
+    stop = threading.Event()
+    other = threading.Thread(target=stop.wait)
+    other.start()
     try:
-        with pytest.MonkeyPatch.context() as mp:
-            mp.setattr(scan, "_forked_walk", spy("process"))
-            mp.setattr(scan, "_thread_walk", spy("thread"))
-            scan_into_store(store, [lib], CFG, allow_empty=True)
-            stop = threading.Event()
-            other = threading.Thread(target=stop.wait)
-            other.start()
-            try:
-                scan_into_store(store, [lib], CFG)
-            finally:
-                stop.set()
-                other.join()
+        with start_walk([lib], CFG) as walk:
+            assert isinstance(walk, ThreadWalk) and children() == []
+            assert sum(len(chunk or ()) for _, chunk in walk) == 12
     finally:
-        store.close()
-    assert seen == ["process", "thread"]
+        stop.set()
+        other.join()
+
+
+def test_the_walk_starts_before_it_is_read(tmp_path: Path) -> None:
+    """videofetchctl scan loads the database layer while the walker already lists directories."""
+    lib = tmp_path / "lib"
+    make_library(lib, 3000)
+    with start_walk([lib], CFG, "process") as walk:
+        assert isinstance(walk, ForkedWalk)
+        readable, _, _ = select.select([walk._pipe], [], [], 10)  # found files wait in the pipe, unread
+        assert readable
+        assert sum(len(chunk or ()) for _, chunk in walk) == 3002
 
 
 @pytest.fixture
 def small_pipes(monkeypatch: pytest.MonkeyPatch) -> None:
     """64 KiB pipes: a walker of the libraries below (700 KiB of listing) cannot finish before the
     parent reads, so it is certainly still there when a test kills it."""
-    monkeypatch.setattr(scan, "PIPE_BYTES", 64 * 1024)
+    monkeypatch.setattr(walkproc, "PIPE_BYTES", 64 * 1024)
 
 
 @pytest.mark.usefixtures("small_pipes")
 def test_a_walker_child_that_dies_fails_the_scan_and_is_reaped(tmp_path: Path) -> None:
     lib = tmp_path / "lib"
     make_library(lib, 3000, name_len=220)
-    events = scan._forked_walk(Walker(CFG, Tally()), [str(lib)])
-    try:
+    with start_walk([lib], CFG, "process") as walk:
+        events = iter(walk)
         root, chunk = next(events)
         assert root == str(lib) and chunk
         (child,) = children()
@@ -115,8 +114,6 @@ def test_a_walker_child_that_dies_fails_the_scan_and_is_reaped(tmp_path: Path) -
         with pytest.raises(ScanError, match="walker process died"):
             for _ in events:
                 pass
-    finally:
-        events.close()
     assert children() == [] and not psutil.pid_exists(child.pid)  # reaped: no zombie left
 
 
@@ -124,22 +121,24 @@ def test_a_walker_child_that_dies_fails_the_scan_and_is_reaped(tmp_path: Path) -
 def test_a_consumer_that_stops_early_kills_and_reaps_the_child(tmp_path: Path) -> None:
     lib = tmp_path / "lib"
     make_library(lib, 3000, name_len=220)
-    events = scan._forked_walk(Walker(CFG, Tally()), [str(lib)])
-    next(events)
+    walk = start_walk([lib], CFG, "process")
+    next(iter(walk))
     (child,) = children()
-    events.close()  # what scan_into_store does when a database write raises mid-scan
+    walk.close()  # what scan_into_store does when a database write raises mid-scan
+    walk.close()  # and a second close (the CLI's own with-block) is harmless
     assert children() == [] and not psutil.pid_exists(child.pid)
 
 
-def test_a_database_error_mid_scan_leaves_no_child(tmp_path: Path) -> None:
+@pytest.mark.parametrize("mode", ["process", "thread"])
+def test_a_database_error_mid_scan_stops_the_walker(tmp_path: Path, mode: WalkMode) -> None:
     lib = tmp_path / "lib"
     make_library(lib, 3000)
     store = open_store(f"sqlite:///{tmp_path}/q.db")
     store.write("DROP TABLE videos")  # every write of the scan now fails
     try:
-        with pytest.raises(Exception):
-            scan_into_store(store, [lib], CFG, walk_in="process")
+        with pytest.raises(DatabaseUnavailable):
+            scan_directories(store, [lib], CFG, walk_in=mode)
     finally:
         store.close()
     assert children() == []
-    assert os.listdir(lib)  # the library itself is untouched
+    assert [t for t in threading.enumerate() if t.name == "videofetchd-scan-walk"] == []

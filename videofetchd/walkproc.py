@@ -1,0 +1,210 @@
+"""Run the library walk beside the database writer: in a forked child or in a helper thread.
+
+``start_walk`` checks the roots and starts walking at once, before the caller has loaded the
+database layer (``videofetchctl scan`` imports peewee and opens the database while the walker is
+already listing directories). The caller iterates the ``Walk`` for ``(root, files)`` chunks and a
+``(root, None)`` at the end of each root, and closes it. A forked child is used when the caller
+has no other thread, because only then is ``fork`` safe (a copied lock held by another thread
+would never be released in the child): the walk and the database writes then run on two cores.
+The daemon and ``fetch`` run threads, so they get the helper thread, where the two take turns at
+the GIL. Either way the hand-over is bounded (a pipe, a queue), so memory stays flat.
+This module must not import the database layer.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import marshal
+import os
+import queue
+import signal
+import threading
+import traceback
+from collections.abc import Iterator, Sequence
+from types import TracebackType
+from typing import Any, Literal, NoReturn
+
+from .config import ScanConfig
+from .errors import VideofetchdError
+from .walker import Found, ScanRootError, Tally, Walker, show_path, utf8_ok
+
+CHUNK_FILES = 1000  #: recognised files per hand-over from the walker
+QUEUE_CHUNKS = 10  #: chunks the helper thread may be ahead of the writer
+PIPE_BYTES = 1 << 20  #: the forked walker's pipe: about 7,000 files ahead (Linux allows 1 MiB unprivileged)
+
+WalkEvent = tuple[str, list[Found] | None]  #: (root, files found) or (root, None) at the end of a root
+WalkMode = Literal["auto", "process", "thread"]
+
+
+class ScanError(VideofetchdError):
+    """The walk failed for a reason other than a bad root (its process died, or a bug)."""
+
+
+class Walk:
+    """A walk under way over ``roots``; iterate it once, then ``close`` it (also on errors).
+
+    ``tally`` holds the walker's counts and warnings once iteration has finished.
+    """
+
+    def __init__(self, roots: list[str], cfg: ScanConfig) -> None:
+        self.roots, self.cfg, self.tally = roots, cfg, Tally()
+
+    def __iter__(self) -> Iterator[WalkEvent]:
+        raise NotImplementedError
+
+    def close(self) -> None:
+        """Stop the walker if it still runs and release it; safe to call more than once."""
+
+    def __enter__(self) -> Walk:
+        return self
+
+    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
+                 tb: TracebackType | None) -> None:
+        self.close()
+
+
+def start_walk(directories: Sequence[str | os.PathLike[str]], cfg: ScanConfig, mode: WalkMode = "auto") -> Walk:
+    """Check the roots (ScanRootError names a missing one) and start walking them now."""
+    roots = normalise_roots(directories)
+    if not roots:
+        raise ScanRootError("no directory to scan")
+    if mode == "auto":
+        mode = "process" if threading.active_count() == 1 and hasattr(os, "fork") else "thread"
+    return ForkedWalk(roots, cfg) if mode == "process" else ThreadWalk(roots, cfg)
+
+
+def normalise_roots(directories: Sequence[str | os.PathLike[str]]) -> list[str]:
+    """Absolute, existing directories; a root inside another root is dropped (it would be walked twice)."""
+    roots: list[str] = []
+    for d in directories:
+        path = os.path.abspath(os.fsdecode(d))
+        if not utf8_ok(path):
+            raise ScanRootError(f"scan root {show_path(path)} is not a valid UTF-8 path")
+        if not os.path.exists(path):
+            raise ScanRootError(f"scan root {path} does not exist (not mounted?); nothing was scanned")
+        if not os.path.isdir(path):
+            raise ScanRootError(f"scan root {path} is not a directory; nothing was scanned")
+        roots.append(path)
+    kept: list[str] = []
+    for r in sorted(set(roots)):
+        if not any(r == k or r.startswith(dir_prefix(k)) for k in kept):
+            kept.append(r)
+    return kept
+
+
+def dir_prefix(root: str) -> str:
+    return root if root.endswith("/") else root + "/"
+
+
+class ThreadWalk(Walk):
+    """The walker in a helper thread, handing chunks over a bounded queue. readdir and stat
+    release the GIL, so the walk overlaps the database writes, if less than a process does."""
+
+    _DONE = object()  # the thread's last item
+
+    def __init__(self, roots: list[str], cfg: ScanConfig) -> None:
+        super().__init__(roots, cfg)
+        self._queue: queue.Queue[Any] = queue.Queue(maxsize=QUEUE_CHUNKS)
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._body, args=(Walker(cfg, self.tally),),
+                                        name="videofetchd-scan-walk", daemon=True)
+        self._thread.start()
+
+    def _put(self, item: Any) -> None:
+        while not self._stop.is_set():
+            try:
+                self._queue.put(item, timeout=0.2)
+                return
+            except queue.Full:
+                continue
+
+    def _body(self, walker: Walker) -> None:
+        try:
+            for root in self.roots:
+                for chunk in walker.walk(root, CHUNK_FILES):
+                    self._put((root, chunk))
+                self._put((root, None))
+            self._put(self._DONE)
+        except BaseException as exc:  # noqa: BLE001 - handed to the consuming thread, which re-raises
+            self._put(exc)
+
+    def __iter__(self) -> Iterator[WalkEvent]:
+        while (item := self._queue.get()) is not self._DONE:
+            if isinstance(item, BaseException):
+                raise item
+            yield item
+
+    def close(self) -> None:
+        self._stop.set()
+        self._thread.join()
+
+
+class ForkedWalk(Walk):
+    """The walker in a forked child that streams marshalled chunks through a pipe. The child's
+    counts and warnings come back at the end; its own log lines go to the inherited stderr."""
+
+    def __init__(self, roots: list[str], cfg: ScanConfig) -> None:
+        super().__init__(roots, cfg)
+        read_fd, write_fd = os.pipe()
+        with contextlib.suppress(OSError):  # a deeper pipe keeps the walker going while a batch commits
+            fcntl.fcntl(write_fd, fcntl.F_SETPIPE_SZ, PIPE_BYTES)
+        walker = Walker(cfg, self.tally)
+        self._pid = os.fork()
+        if self._pid == 0:  # pragma: no cover - the child; what it sends is checked by the parent's tests
+            os.close(read_fd)
+            _walker_child(walker, roots, write_fd)
+        os.close(write_fd)
+        self._pipe = open(read_fd, "rb")
+        self._finished = self._reaped = False
+
+    def __iter__(self) -> Iterator[WalkEvent]:
+        while True:
+            try:
+                event = marshal.load(self._pipe)
+            except (EOFError, ValueError):
+                raise ScanError("the scan's walker process died") from None
+            kind = event[0]
+            if kind == "chunk":
+                yield event[1], event[2]
+            elif kind == "end":
+                yield event[1], None
+            elif kind == "tally":
+                for key, n in event[1].items():
+                    self.tally.add(key, n)
+                self.tally.warnings += event[2]
+                self._finished = True
+                return
+            elif kind == "root-error":
+                raise ScanRootError(event[1])
+            else:
+                raise ScanError(f"the scan's walker process failed: {event[1]}")
+
+    def close(self) -> None:
+        if self._reaped:
+            return
+        self._pipe.close()  # a child still writing gets EPIPE
+        if not self._finished:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(self._pid, signal.SIGKILL)  # or it may be stuck in a slow stat: do not wait
+        os.waitpid(self._pid, 0)
+        self._reaped = True
+
+
+def _walker_child(walker: Walker, roots: list[str], fd: int) -> NoReturn:  # pragma: no cover - see above
+    status = 1
+    try:
+        with open(fd, "wb") as pipe:
+            try:
+                for root in roots:
+                    for chunk in walker.walk(root, CHUNK_FILES):
+                        marshal.dump(("chunk", root, chunk), pipe)
+                    marshal.dump(("end", root), pipe)
+                marshal.dump(("tally", walker.tally.counts, walker.tally.warnings), pipe)
+            except ScanRootError as exc:
+                marshal.dump(("root-error", str(exc)), pipe)
+            except Exception as exc:  # noqa: BLE001 - a bug: reported to the parent, which raises
+                marshal.dump(("error", "".join(traceback.format_exception(exc)).rstrip()), pipe)
+        status = 0
+    finally:  # never return into the parent's code, nor run its atexit handlers or finalizers
+        os._exit(status)
