@@ -15,6 +15,11 @@ from dataclasses import dataclass
 
 from .errors import InvalidVideoId
 
+#: a row to make ``done``: (video_id, file_path, file_size, found_by, extractor). Plain tuples,
+#: because the scanner makes one per file and a tuple costs a fraction of a NamedTuple; defined
+#: here so that the walker (which makes them) need not import the database layer (which stores them)
+DoneFile = tuple[str, str | None, int | None, str, str | None]
+
 MAX_ID_LENGTH = 200
 MAX_URL_LENGTH = 4096
 #: letters, digits and the punctuation real extractors use in IDs; no '/', '\\', spaces or '='

@@ -13,6 +13,7 @@ from collections.abc import Callable, Iterator, Sequence
 from operator import itemgetter
 from typing import Any, NamedTuple
 
+from .jobs import DoneFile
 from .store import Store, db_errors
 
 PAGE_ROWS = 1000  #: rows per statement and per reconcile page (8000 parameters: SQLite >= 3.32 allows 32766)
@@ -23,11 +24,6 @@ class KnownRow(NamedTuple):
     status: str
     file_path: str | None
     file_size: int | None
-
-
-#: a row to make ``done``: (video_id, file_path, file_size, found_by, extractor); plain tuples
-#: because the scanner makes one per file and a tuple costs a fraction of a NamedTuple
-DoneFile = tuple[str, str | None, int | None, str, str | None]
 
 
 def _tx(store: Store) -> Any:

@@ -22,8 +22,7 @@ from typing import TYPE_CHECKING
 
 from .config import ScanConfig
 from .errors import VideofetchdError
-from .jobs import ID_RE, MAX_ID_LENGTH
-from .library import DoneFile
+from .jobs import ID_RE, MAX_ID_LENGTH, DoneFile
 
 if TYPE_CHECKING:
     from .scan import ScanReport

@@ -10,6 +10,7 @@ not ``if TYPE_CHECKING:``. Imports inside functions (lazy imports) are allowed u
 from __future__ import annotations
 
 import ast
+import subprocess
 import sys
 from pathlib import Path
 
@@ -143,3 +144,14 @@ def test_cli_does_import_daemon() -> None:
 def test_modules_stay_small(module: str) -> None:
     lines = (PKG_DIR / f"{module}.py").read_text(encoding="utf-8").count("\n")
     assert lines <= MAX_LINES, f"{module}.py has {lines} lines (at most {MAX_LINES}; aim for ~400)"
+
+
+@pytest.mark.parametrize("module", ["walker", "walkproc"])
+def test_the_walk_never_loads_the_database_layer(module: str) -> None:
+    """videofetchctl scan starts walking before it imports peewee and opens the database
+    (module-level imports: walker's one TYPE_CHECKING import of scan is for a type only)."""
+    assert package_imports(module) & {"store", "library", "models", "scan"} == set()
+    assert {n.split(".")[0] for n in imports(module)} & {"peewee", "psycopg2", "yt_dlp"} == set()
+    loaded = subprocess.run([sys.executable, "-c", f"import sys, videofetchd.{module}; print(sorted(sys.modules))"],
+                            capture_output=True, text=True, check=True).stdout
+    assert "peewee" not in loaded and "videofetchd.store" not in loaded
