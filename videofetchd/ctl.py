@@ -20,7 +20,7 @@ from typing import Any, TextIO
 from . import __version__
 from . import config as config_mod
 from .display import format_status
-from .errors import (EXIT_FAILURE, EXIT_OK, EXIT_USAGE, ControlError, InvalidVideoId, NotRunning,
+from .errors import (EXIT_FAILURE, EXIT_INTERRUPTED, EXIT_OK, EXIT_USAGE, ControlError, InvalidVideoId, NotRunning,
                      VideofetchdError)
 from .protocol import ProtocolError, decode_reply, encode
 
@@ -261,6 +261,9 @@ def main(argv: list[str] | None = None, out: TextIO | None = None) -> int:
     except ValueError as exc:
         print(f"videofetchctl: {exc}", file=sys.stderr)
         return EXIT_USAGE
+    except KeyboardInterrupt:  # every write is its own transaction: what was recorded stays
+        print("videofetchctl: interrupted", file=sys.stderr)
+        return EXIT_INTERRUPTED
 
 
 if __name__ == "__main__":

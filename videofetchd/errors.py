@@ -13,6 +13,7 @@ EXIT_USAGE = 2  #: bad command line or bad input (argparse uses 2 too)
 EXIT_NOT_RUNNING = 3  #: LSB "program is not running" (videofetchctl status)
 EXIT_TEMPFAIL = 75  #: EX_TEMPFAIL: the database is unreachable at start; systemd may retry
 EXIT_CONFIG = 78  #: EX_CONFIG: the configuration is invalid; RestartPreventExitStatus=78
+EXIT_INTERRUPTED = 130  #: 128 + SIGINT: a videofetchctl command stopped by Ctrl-C
 
 
 class VideofetchdError(Exception):

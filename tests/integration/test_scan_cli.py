@@ -4,15 +4,19 @@ as real processes on a generated library, with a real config file and a SQLite q
 from __future__ import annotations
 
 import json
+import os
+import signal
 import subprocess
 import sys
 from pathlib import Path
 from typing import Any
 
+import psutil
 import pytest
 import yaml
 
 import vfd
+from helpers import wait_until
 
 PY = sys.executable
 
@@ -175,3 +179,27 @@ def test_fetch_with_existing_videos_dir_downloads_nothing(tmp_path: Path, lib: P
     assert {g["found_by"] for g in got.values()} == {"filename", "info.json"}
     assert all(g["attempts"] == 0 for g in got.values())
     assert not (tmp_path / "videos").exists() or not any((tmp_path / "videos").iterdir())
+
+
+def test_ctrl_c_stops_the_scan_cleanly_and_a_rerun_finishes_it(tmp_path: Path) -> None:
+    root = tmp_path / "big"
+    for d in range(20):
+        (root / f"d{d}").mkdir(parents=True)
+        for i in range(1000):
+            (root / f"d{d}" / f"video {i} [id{d:02d}x{i:04d}].mp4").write_bytes(b"v")
+    config = write_config(tmp_path)
+    proc = subprocess.Popen([PY, "-m", "videofetchd", "scan", str(root), "--config", str(config)],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
+    scanner = psutil.Process(proc.pid)
+    # hold the walker still, so the scan is certainly mid-way when Ctrl-C comes
+    walker = wait_until(lambda: next(iter(scanner.children()), None), timeout=30, interval=0.001)
+    walker.suspend()
+    wait_until(lambda: any(f.path == str(tmp_path / "q.db") for f in scanner.open_files()), timeout=30)
+    os.killpg(proc.pid, signal.SIGINT)  # what a terminal sends to the foreground group
+    out, err = proc.communicate(timeout=30)
+    assert proc.returncode == 130 and "videofetchctl: interrupted" in err and "Traceback" not in err
+    assert not psutil.pid_exists(walker.pid)  # killed and reaped
+    assert len(rows(tmp_path)) < 20_000
+    again = run(config, "scan", str(root))
+    assert again.returncode == 0, again.stderr
+    assert len(rows(tmp_path)) == 20_000 and all(r["status"] == "done" for r in rows(tmp_path).values())
