@@ -60,20 +60,24 @@ _UPSERT_SETS = (
     "updated_at = EXCLUDED.updated_at, lease_owner = NULL, claim_token = NULL, lease_expires = NULL")
 
 
+def _insert(store: Store, chunk: Sequence[DoneFile], now: float, on_conflict: str) -> int:
+    """One multi-row INSERT of done rows; returns how many rows it inserted or updated."""
+    p = store.db.param
+    values = ", ".join([f"({p}, 'done', {p}, {p}, {p}, {p}, {p}, {p})"] * len(chunk))
+    params: list[Any] = []
+    for r in chunk:
+        params += r
+        params += (now, now)
+    return int(store.db.execute_sql(
+        "INSERT INTO videos (video_id, status, file_path, file_size, found_by, extractor, finished_at, "
+        f"updated_at) VALUES {values} ON CONFLICT (video_id) {on_conflict}", params).rowcount)
+
+
 def _upsert_done(store: Store, rows: Sequence[DoneFile], now: float, only_status: Sequence[str]) -> None:
     guard = ", ".join(f"'{s}'" for s in only_status)
-    p = store.db.param
     for start in range(0, len(rows), PAGE_ROWS):
-        chunk = rows[start:start + PAGE_ROWS]
-        values = ", ".join([f"({p}, 'done', {p}, {p}, {p}, {p}, {p}, {p})"] * len(chunk))
-        params: list[Any] = []
-        for r in chunk:
-            params += r
-            params += (now, now)
-        store.db.execute_sql(
-            "INSERT INTO videos (video_id, status, file_path, file_size, found_by, extractor, "
-            f"finished_at, updated_at) VALUES {values} ON CONFLICT (video_id) DO UPDATE SET "
-            f"{_UPSERT_SETS} WHERE videos.status IN ({guard})", params)
+        _insert(store, rows[start:start + PAGE_ROWS], now,
+                f"DO UPDATE SET {_UPSERT_SETS} WHERE videos.status IN ({guard})")
 
 
 def _apply(store: Store, decide: Callable[[Sequence[str], dict[str, KnownRow]], list[DoneFile]],
@@ -121,18 +125,10 @@ def _insert_new(store: Store, rows: Sequence[DoneFile], now: float) -> tuple[lis
     """
     left: list[str] = []
     inserted = 0
-    p = store.db.param
     for start in range(0, len(rows), PAGE_ROWS):
         chunk = rows[start:start + PAGE_ROWS]
-        params: list[Any] = []
-        for r in chunk:
-            params += r
-            params += (now, now)
         with store.db.savepoint() as sp:
-            values = ", ".join([f"({p}, 'done', {p}, {p}, {p}, {p}, {p}, {p})"] * len(chunk))
-            n = store.db.execute_sql(
-                "INSERT INTO videos (video_id, status, file_path, file_size, found_by, extractor, finished_at, "
-                f"updated_at) VALUES {values} ON CONFLICT (video_id) DO NOTHING", params).rowcount
+            n = _insert(store, chunk, now, "DO NOTHING")
             if n != len(chunk):
                 sp.rollback(begin=False)
                 left += (r[0] for r in chunk)
