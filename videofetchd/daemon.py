@@ -20,7 +20,7 @@ from typing import Any
 from . import config as config_mod
 from .config import Config
 from .errors import ConfigError
-from .status import ConfigInfo, ControlServer, snapshot
+from .status import ConfigInfo, ControlServer, ScanStatus, snapshot
 from .store import Store, open_store, redact
 from .slots import pid_alive
 from .supervisor import Supervisor
@@ -46,6 +46,7 @@ class Daemon:
         self.sup: Supervisor | None = None
         self.server: ControlServer | None = None
         self.scan_task: asyncio.Task[None] | None = None
+        self.scan_status = ScanStatus()
 
     async def run(self) -> int:
         loop = asyncio.get_running_loop()
@@ -196,6 +197,8 @@ class Daemon:
             return
         assert self.sup is not None
         self.sup.scanning = True
+        self.scan_status.running, self.scan_status.videos_found = True, 0
+        self.scan_status.directories, self.scan_status.started_at = list(cfg.scan.directories), time.monotonic()
         self.scan_task = asyncio.create_task(self._scan(cfg), name="scan")
 
     async def _scan(self, cfg: Config) -> None:
@@ -205,11 +208,15 @@ class Daemon:
         assert store is not None
         loop = asyncio.get_running_loop()
         done: asyncio.Future[Any] = loop.create_future()
+        status = self.scan_status
+
+        def progress(found: int) -> None:
+            status.videos_found = found
 
         def work() -> None:
             # a daemon thread, not an executor: a long scan must not hold up the daemon's exit
             try:
-                result: Any = scan_directories(store, list(cfg.scan.directories), cfg.scan)
+                result: Any = scan_directories(store, list(cfg.scan.directories), cfg.scan, progress=progress)
                 settle = functools.partial(_settle, done, result, None)
             except BaseException as exc:  # noqa: BLE001 - handed to the awaiting task
                 settle = functools.partial(_settle, done, None, exc)
@@ -219,14 +226,19 @@ class Daemon:
                 pass  # the loop is gone: the daemon has exited
 
         threading.Thread(target=work, name="scan", daemon=True).start()
+        where = ", ".join(cfg.scan.directories)
         try:
             report = await done
-            log.info("scan of %s: %s", ", ".join(cfg.scan.directories), report.summary())
+            log.info("scan of %s: %s", where, report.summary())
+            status.last_result, status.last_ok = report.summary(), True
         except VideofetchdError as exc:
-            log.error("scan of %s refused: %s", ", ".join(cfg.scan.directories), exc)
-        except Exception:  # noqa: BLE001 - a scanner bug must not stop downloads for good
-            log.exception("scan of %s failed", ", ".join(cfg.scan.directories))
+            log.error("scan of %s refused: %s", where, exc)
+            status.last_result, status.last_ok = f"refused: {exc}", False
+        except Exception as exc:  # noqa: BLE001 - a scanner bug must not stop downloads for good
+            log.exception("scan of %s failed", where)
+            status.last_result, status.last_ok = f"failed: {exc!r}", False
         finally:
+            status.running, status.last_finished = False, _now_iso()
             if self.sup is not None:
                 self.sup.scanning = False  # claims were held while the scan ran
                 self.sup.wake(claim=True)
@@ -242,6 +254,8 @@ class Daemon:
                  f"failed {q.get('failed', 0)}"]
         if not sup.db_health.ok:
             parts.insert(0, "database unavailable")
+        if self.scan_status.running:
+            parts.append(f"scanning ({self.scan_status.videos_found} videos so far)")
         if self.info.last_reload_error:
             parts.append("last reload failed")
         return ", ".join(parts)
@@ -263,7 +277,7 @@ class Daemon:
 
     async def _cmd_status(self, _req: dict[str, Any]) -> dict[str, Any]:
         assert self.sup is not None
-        return snapshot(self.sup, self.info)
+        return snapshot(self.sup, self.info, self.scan_status)
 
     async def _cmd_ping(self, _req: dict[str, Any]) -> dict[str, Any]:
         return {"ok": True}

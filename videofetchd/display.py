@@ -69,6 +69,10 @@ def format_status(st: dict[str, Any]) -> str:
         lines.append(f"database UNAVAILABLE: {db.get('error')} ({db.get('pending_results', 0)} results held)")
     for note in st.get("notes") or []:
         lines.append(f"note: {note}")
+    scan = st.get("scan") or {}
+    if scan.get("last_result"):
+        verdict = "last scan" if scan.get("last_ok", True) else "last scan FAILED"
+        lines.append(f"{verdict} ({scan.get('last_finished')}): {scan['last_result']}")
     q = st.get("queue") or {}
     lines.append("queue: " + ", ".join(f"{k} {v}" for k, v in q.items()))
     c = st.get("counters") or {}

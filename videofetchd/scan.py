@@ -14,7 +14,7 @@ from __future__ import annotations
 import logging
 import os
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 from typing import Any
 
@@ -82,31 +82,34 @@ def _is_empty(root: str) -> bool:
 
 
 def scan_into_store(store: Store, walk: Walk, *, dry_run: bool = False, reconcile: bool = True,
-                    allow_empty: bool = False) -> ScanReport:
+                    allow_empty: bool = False, progress: Callable[[int], None] | None = None) -> ScanReport:
     """Record what ``walk`` (from ``walkproc.start_walk``) finds; see the module docstring for the
     rules. Closes the walk.
 
     Raises ScanRootError, before writing anything, when a root is empty while done rows point
     into it; and after recording the files found (but before marking anything missing) when a
     root held no video at all while done rows point into it. ``allow_empty`` lifts the
-    emptiness guard (the library really was deleted).
+    emptiness guard (the library really was deleted). ``progress`` is called with the number of
+    videos found so far after every chunk the walker hands over (from the calling thread).
     """
     started = time.monotonic()
     with walk:
-        return _scan(store, walk, dry_run=dry_run, reconcile=reconcile, allow_empty=allow_empty, started=started)
+        return _scan(store, walk, dry_run=dry_run, reconcile=reconcile, allow_empty=allow_empty, started=started,
+                     progress=progress or (lambda n: None))
 
 
 def scan_directories(store: Store, directories: Sequence[str | os.PathLike[str]], scan_cfg: ScanConfig, *,
                      dry_run: bool = False, reconcile: bool = True, allow_empty: bool = False,
-                     walk_in: WalkMode = "auto") -> ScanReport:
+                     walk_in: WalkMode = "auto", progress: Callable[[int], None] | None = None) -> ScanReport:
     """Start a walk of ``directories`` and record it: ``scan_into_store`` for callers that have
     nothing to do while the walk starts. ``walk_in``: see ``walkproc.start_walk``."""
     walk = start_walk(directories, scan_cfg, walk_in)
-    return scan_into_store(store, walk, dry_run=dry_run, reconcile=reconcile, allow_empty=allow_empty)
+    return scan_into_store(store, walk, dry_run=dry_run, reconcile=reconcile, allow_empty=allow_empty,
+                           progress=progress)
 
 
 def _scan(store: Store, walk: Walk, *, dry_run: bool, reconcile: bool, allow_empty: bool,
-          started: float) -> ScanReport:
+          started: float, progress: Callable[[int], None]) -> ScanReport:
     roots = walk.roots
     done_under = {r: library.count_done_under(store, dir_prefix(r)) for r in roots}
     if not allow_empty:
@@ -123,6 +126,7 @@ def _scan(store: Store, walk: Walk, *, dry_run: bool, reconcile: bool, allow_emp
         if chunk:
             batch += chunk
             found[root] += len(chunk)
+            progress(sum(found.values()))
         if batch and (chunk is None or len(batch) >= BATCH_FILES):
             matched[root] += library.record_files(store, batch, db_tally.counts, dry_run=dry_run)
             batch = []

@@ -40,7 +40,30 @@ class ConfigInfo:
     restart_required: list[str] = field(default_factory=list)
 
 
-def snapshot(sup: Supervisor, info: ConfigInfo) -> dict[str, Any]:
+@dataclass
+class ScanStatus:
+    """The daemon's library scans, for status: the one running and the last one finished.
+
+    ``videos_found`` is written by the scan's thread and read by the loop: a plain int
+    assignment, which needs no lock.
+    """
+
+    running: bool = False
+    directories: list[str] = field(default_factory=list)
+    started_at: float = 0.0  #: monotonic
+    videos_found: int = 0
+    last_result: str | None = None  #: summary of the last scan, or why it failed
+    last_ok: bool = True
+    last_finished: str = ""  #: local wall-clock time
+
+    def to_dict(self, now: float) -> dict[str, Any]:
+        return {"running": self.running, "directories": list(self.directories),
+                "running_s": round(now - self.started_at, 1) if self.running else None,
+                "videos_found": self.videos_found if self.running else None,
+                "last_result": self.last_result, "last_ok": self.last_ok, "last_finished": self.last_finished or None}
+
+
+def snapshot(sup: Supervisor, info: ConfigInfo, scan: ScanStatus | None = None) -> dict[str, Any]:
     """The status reply: daemon state, per-worker progress, queue counts, counters."""
     now = time.monotonic()
     workers = []
@@ -66,7 +89,8 @@ def snapshot(sup: Supervisor, info: ConfigInfo) -> dict[str, Any]:
         if until > now:
             notes.append(f"site {site} paused for {until - now:.0f}s (throttled)")
     if sup.scanning:
-        notes.append("library scan running: new jobs wait for it")
+        found = f", {scan.videos_found} videos found so far" if scan is not None and scan.running else ""
+        notes.append(f"library scan running{found}: new jobs wait for it")
     if sup.crash_pause_until > now:
         notes.append(f"claiming paused for {sup.crash_pause_until - now:.0f}s: worker children keep dying")
     db = sup.db_health
@@ -80,6 +104,7 @@ def snapshot(sup: Supervisor, info: ConfigInfo) -> dict[str, Any]:
         "queue": dict(sup.queue_counts),
         "counters": asdict(sup.counters),
         "site_pauses": {s: round(u - now, 1) for s, u in sup.site_pauses.items() if u > now},
+        "scan": scan.to_dict(now) if scan is not None else None,
         "notes": notes,
     }
 

@@ -107,6 +107,13 @@ def test_daemon_scans_directories_at_startup_and_on_reload(tmp_path: Path) -> No
             assert row["status"] == "done" and row["found_by"] == "filename", row
             assert row["file_path"] == str(second) and row["file_size"] == 7000, row
             assert vfd.status(cfg)["config"]["generation"] == 2
+            # status tells how the last scan went
+            scan = wait_until(lambda: (st := vfd.status(cfg)["scan"]) and not st["running"] and st,
+                              timeout=20, message="the reload's scan never finished")
+            assert scan["last_ok"] and scan["directories"] == [str(lib1), str(lib2)], scan
+            assert scan["last_result"].startswith("3004 files, 3004 videos"), scan
+            text = vfd.ctl(cfg, "status").stdout
+            assert f"last scan ({scan['last_finished']}): 3004 files" in text, text
 
             # claims work again, and the scanned ID was never fetched
             assert vfd.ctl(cfg, "resume").returncode == 0
@@ -116,6 +123,22 @@ def test_daemon_scans_directories_at_startup_and_on_reload(tmp_path: Path) -> No
             assert srv.body_requests("def456") == 0
             assert ids_requested(srv) == {"after-scan"}, ids_requested(srv)
     assert second.stat().st_size == 7000  # the scan never touches files
+
+
+def test_a_refused_scan_shows_in_status_and_downloads_go_on(tmp_path: Path) -> None:
+    """An unmounted scan directory is an error in the log and in status, not a dead daemon."""
+    db = tmp_path / "queue.db"
+    gone = tmp_path / "not-mounted"
+    with MediaServer(default_size=8 * KiB) as srv:
+        cfg = vfd.write_config(tmp_path, url_template=srv.url_template, scan={"directories": [str(gone)]},
+                               database={"poll_interval": "0.05s"})
+        with running(cfg) as d:
+            scan = wait_until(lambda: (st := vfd.status(cfg)["scan"]) and st["last_result"] and st, timeout=20)
+            assert not scan["last_ok"] and "does not exist" in scan["last_result"], scan
+            assert "last scan FAILED" in vfd.ctl(cfg, "status").stdout
+            assert vfd.ctl(cfg, "add", "after-refusal").returncode == 0
+            row = wait_until(lambda: settled(db, "after-refusal"), timeout=30)
+            assert row["status"] == "done" and d.proc.poll() is None, row
 
 
 # -- 2. download.ytdlp pass-through --------------------------------------------------------------------

@@ -142,3 +142,17 @@ def test_a_database_error_mid_scan_stops_the_walker(tmp_path: Path, mode: WalkMo
         store.close()
     assert children() == []
     assert [t for t in threading.enumerate() if t.name == "videofetchd-scan-walk"] == []
+
+
+@pytest.mark.parametrize("mode", ["process", "thread"])
+def test_progress_counts_the_videos_found_so_far(tmp_path: Path, mode: WalkMode) -> None:
+    lib = tmp_path / "lib"
+    make_library(lib, 4500)
+    seen: list[int] = []
+    store = open_store(f"sqlite:///{tmp_path}/q.db")
+    try:
+        report = scan_directories(store, [lib], CFG, walk_in=mode, progress=seen.append)
+    finally:
+        store.close()
+    assert len(seen) >= 3  # one call per chunk: whole directories, 1,000 files or more (5 x 900 here)
+    assert seen == sorted(seen) and seen[-1] == report.videos_found == 4502
