@@ -51,7 +51,7 @@ class ScanReport:
     skipped_errors: int = 0  #: unreadable directories, undecodable names, broken sidecars, stat errors
     missing: int = 0  #: done rows whose file is gone (now 'missing', or would be in a dry run)
     requeued_missing: int = 0  #: of missing: put back in the queue (scan.requeue_missing)
-    elapsed_s: float = 0.0
+    elapsed_s: float = 0.0  #: from the start of scan_into_store (the walk may have started a moment before)
     warnings: tuple[str, ...] = ()
 
     def summary(self) -> str:
@@ -90,7 +90,7 @@ def scan_into_store(store: Store, walk: Walk, *, dry_run: bool = False, reconcil
     into it; and after recording the files found (but before marking anything missing) when a
     root held no video at all while done rows point into it. ``allow_empty`` lifts the
     emptiness guard (the library really was deleted). ``progress`` is called with the number of
-    videos found so far after every chunk the walker hands over (from the calling thread).
+    videos found so far after every chunk of files the walker hands over (from the calling thread).
     """
     started = time.monotonic()
     with walk:

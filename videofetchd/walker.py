@@ -231,7 +231,7 @@ class Walker:
             if found is not None:
                 return found
             info = json.loads(data)
-        except (OSError, ValueError) as exc:  # JSONDecodeError and UnicodeDecodeError are ValueErrors
+        except (OSError, ValueError, RecursionError) as exc:  # ValueError: JSON and UTF-8 errors
             self.tally.error(f"ignored sidecar {show_path(base + name)}: {exc}")
             return None
         video_id = info.get("id") if isinstance(info, dict) else None
@@ -239,26 +239,33 @@ class Walker:
             self.tally.error(f"ignored sidecar {show_path(base + name)}: no usable 'id'")
             return None
         extractor = info.get("extractor_key") or info.get("extractor")
-        return video_id, extractor if isinstance(extractor, str) and extractor else None
+        return video_id, extractor if isinstance(extractor, str) and _EXTRACTOR.fullmatch(extractor) else None
 
 
+#: what an extractor name may be (yt-dlp's are "Youtube", "vimeo:album", ...); anything else is
+#: dropped rather than stored: an archive line must stay one word
+_EXTRACTOR = re.compile(r"[A-Za-z0-9_:.\-]{1,100}")
+_WS = rb"[ \t\n\r]*"  # JSON's whitespace (not regex \s, which also takes \v and \f)
 #: yt-dlp writes "id" as the first key of an info.json; a valid ID needs no JSON escapes
-_SIDECAR_ID = re.compile(rb'\s*\{\s*"id"\s*:\s*"([A-Za-z0-9_\-][A-Za-z0-9_\-.:@~+]{0,%d})"\s*[,}]'
-                         % (MAX_ID_LENGTH - 1))
+_SIDECAR_ID = re.compile(rb'%s\{%s"id"%s:%s"([A-Za-z0-9_\-][A-Za-z0-9_\-.:@~+]{0,%d})"%s[,}]'
+                         % (_WS, _WS, _WS, _WS, MAX_ID_LENGTH - 1, _WS))
 _SIDECAR_KEYS = (b'"extractor_key"', b'"extractor"')
-_COLON = re.compile(rb"\s*:")
-_SIDECAR_VALUE = re.compile(rb'\s*:\s*"([A-Za-z0-9_:.\-]{1,100})"\s*[,}]')
+_KEY_BEFORE = re.compile(rb"[,{]%s\Z" % _WS)
+_COLON = re.compile(_WS + rb":")
+_SIDECAR_VALUE = re.compile(rb'%s:%s"([A-Za-z0-9_:.\-]{1,100})"%s[,}]' % (_WS, _WS, _WS))
 
 
 def _sidecar_fast(data: bytes) -> tuple[str, str | None] | None:
     """(id, extractor) of a yt-dlp info.json without parsing it, or None to parse it in full.
 
     A real info.json is hundreds of kilobytes (every format's URL, every caption language) and
-    json.loads costs about 0.6 ms of it; this costs a sixth of that. It is exact for what it
-    accepts: the top-level object's first key is "id"; a key is a quoted name followed by a colon,
-    which a string value cannot contain unescaped; nested copies of the info dict that yt-dlp may
-    write carry the same extractor. The rest of the file is not validated: a truncated sidecar
-    still names its video, as the file name next to it does.
+    json.loads costs about 0.6 ms of it; this costs a sixth of that. It takes what yt-dlp writes:
+    the top-level object's first key is "id", and the extractor is the first "extractor_key"
+    (else "extractor") that stands as a key: after a comma or a brace and before a colon. Nested
+    dicts that carry one (requested formats) are copies of the same info, so the first is as good
+    as the top-level one. Hand-made oddities may read differently from json.loads (a repeated
+    "id" key: json takes the last), and the rest of the file is not validated: a truncated
+    sidecar still names its video, as the file name next to it does.
     """
     m = _SIDECAR_ID.match(data)
     if m is None:
@@ -267,7 +274,7 @@ def _sidecar_fast(data: bytes) -> tuple[str, str | None] | None:
         at = data.find(key)
         while at >= 0:
             end = at + len(key)
-            if _COLON.match(data, end):  # a key; otherwise a string value such as a tag
+            if _COLON.match(data, end) and _KEY_BEFORE.search(data, max(0, at - 64), at):
                 v = _SIDECAR_VALUE.match(data, end)
                 if v is None:
                     return None  # an odd value (escapes, null, not a string): let json decide

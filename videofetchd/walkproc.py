@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import logging
 import marshal
 import os
 import queue
@@ -23,11 +24,13 @@ import threading
 import traceback
 from collections.abc import Iterator, Sequence
 from types import TracebackType
-from typing import Any, Literal, NoReturn
+from typing import Any, BinaryIO, Literal, NoReturn
 
 from .config import ScanConfig
 from .errors import VideofetchdError
 from .walker import Found, ScanRootError, Tally, Walker, show_path, utf8_ok
+
+log = logging.getLogger("videofetchd.scan")
 
 CHUNK_FILES = 1000  #: recognised files per hand-over from the walker
 QUEUE_CHUNKS = 10  #: chunks the helper thread may be ahead of the writer
@@ -69,9 +72,14 @@ def start_walk(directories: Sequence[str | os.PathLike[str]], cfg: ScanConfig, m
     roots = normalise_roots(directories)
     if not roots:
         raise ScanRootError("no directory to scan")
-    if mode == "auto":
-        mode = "process" if threading.active_count() == 1 and hasattr(os, "fork") else "thread"
-    return ForkedWalk(roots, cfg) if mode == "process" else ThreadWalk(roots, cfg)
+    if mode == "process" or (mode == "auto" and threading.active_count() == 1 and hasattr(os, "fork")):
+        try:
+            return ForkedWalk(roots, cfg)
+        except OSError as exc:  # EAGAIN, ENOMEM: no process to spare; a thread still does the job
+            if mode == "process":
+                raise
+            log.warning("cannot fork a walker (%s); walking in a thread", exc)
+    return ThreadWalk(roots, cfg)
 
 
 def normalise_roots(directories: Sequence[str | os.PathLike[str]]) -> list[str]:
@@ -111,20 +119,24 @@ class ThreadWalk(Walk):
                                         name="videofetchd-scan-walk", daemon=True)
         self._thread.start()
 
-    def _put(self, item: Any) -> None:
+    def _put(self, item: Any) -> bool:
+        """Hand ``item`` over; False once the walk is being closed (the walker must stop)."""
         while not self._stop.is_set():
             try:
                 self._queue.put(item, timeout=0.2)
-                return
+                return True
             except queue.Full:
                 continue
+        return False
 
     def _body(self, walker: Walker) -> None:
         try:
             for root in self.roots:
                 for chunk in walker.walk(root, CHUNK_FILES):
-                    self._put((root, chunk))
-                self._put((root, None))
+                    if not self._put((root, chunk)):
+                        return
+                if not self._put((root, None)):
+                    return
             self._put(self._DONE)
         except BaseException as exc:  # noqa: BLE001 - handed to the consuming thread, which re-raises
             self._put(exc)
@@ -136,7 +148,7 @@ class ThreadWalk(Walk):
             yield item
 
     def close(self) -> None:
-        self._stop.set()
+        self._stop.set()  # the walker stops at its next hand-over (after the directory it is in)
         self._thread.join()
 
 
@@ -146,22 +158,43 @@ class ForkedWalk(Walk):
 
     def __init__(self, roots: list[str], cfg: ScanConfig) -> None:
         super().__init__(roots, cfg)
-        read_fd, write_fd = os.pipe()
-        with contextlib.suppress(OSError):  # a deeper pipe keeps the walker going while a batch commits
-            fcntl.fcntl(write_fd, fcntl.F_SETPIPE_SZ, PIPE_BYTES)
         walker = Walker(cfg, self.tally)
-        self._pid = os.fork()
-        if self._pid == 0:  # pragma: no cover - the child; what it sends is checked by the parent's tests
-            os.close(read_fd)
-            _walker_child(walker, roots, write_fd)
-        os.close(write_fd)
-        self._pipe = open(read_fd, "rb")
+        self._pid = 0
+        self._pipe: BinaryIO | None = None
         self._finished = self._reaped = False
+        read_fd, write_fd = os.pipe()
+        try:
+            with contextlib.suppress(OSError):  # a deeper pipe keeps the walker going while a batch commits
+                fcntl.fcntl(write_fd, fcntl.F_SETPIPE_SZ, PIPE_BYTES)
+            # Ctrl-C between fork() and the child's own try would run the caller's code in the child
+            blocked = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT, signal.SIGTERM})
+            try:
+                self._pid = os.fork()
+                if self._pid == 0:  # pragma: no cover - the child; what it sends is checked by the parent's tests
+                    try:
+                        signal.pthread_sigmask(signal.SIG_SETMASK, blocked)
+                        os.close(read_fd)
+                        _walker_child(walker, roots, write_fd)
+                    finally:
+                        os._exit(1)
+            finally:
+                signal.pthread_sigmask(signal.SIG_SETMASK, blocked)
+            os.close(write_fd)
+            write_fd = -1
+            self._pipe = open(read_fd, "rb")
+        except BaseException:  # including a Ctrl-C that was held back during fork()
+            os.close(read_fd)  # the pipe object was not made: opening it is the try's last step
+            if write_fd >= 0:
+                os.close(write_fd)
+            self.close()  # kills and reaps a child forked before the failure
+            raise
 
     def __iter__(self) -> Iterator[WalkEvent]:
+        pipe = self._pipe
+        assert pipe is not None, "iterated after close"
         while True:
             try:
-                event = marshal.load(self._pipe)
+                event = marshal.load(pipe)
             except (EOFError, ValueError):
                 raise ScanError("the scan's walker process died") from None
             kind = event[0]
@@ -177,18 +210,26 @@ class ForkedWalk(Walk):
                 return
             elif kind == "root-error":
                 raise ScanRootError(event[1])
-            else:
-                raise ScanError(f"the scan's walker process failed: {event[1]}")
+            else:  # a bug in the walker: the same kind of error as the thread walk would raise
+                raise RuntimeError(f"the scan's walker process failed:\n{event[1]}")
 
     def close(self) -> None:
+        """Kill the child unless it finished, and reap it. A child stuck in a stat on a hung network
+        file system dies only when that call returns, and this waits for it. Should this process
+        die instead, the child stops at its next write to the pipe (EPIPE)."""
         if self._reaped:
             return
-        self._pipe.close()  # a child still writing gets EPIPE
-        if not self._finished:
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(self._pid, signal.SIGKILL)  # or it may be stuck in a slow stat: do not wait
-        os.waitpid(self._pid, 0)
-        self._reaped = True
+        try:
+            if self._pipe is not None:
+                self._pipe.close()
+            if self._pid > 0:  # never 0: kill(0) would signal our whole process group
+                if not self._finished:
+                    with contextlib.suppress(ProcessLookupError):
+                        os.kill(self._pid, signal.SIGKILL)
+                with contextlib.suppress(ChildProcessError):  # SIGCHLD ignored (inherited): already reaped
+                    os.waitpid(self._pid, 0)
+        finally:
+            self._reaped = True
 
 
 def _walker_child(walker: Walker, roots: list[str], fd: int) -> NoReturn:  # pragma: no cover - see above

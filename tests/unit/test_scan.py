@@ -256,6 +256,9 @@ def test_sidecar_short_cut_agrees_with_json() -> None:
         json.dumps({"id": "abc", "extractor_key": None}), json.dumps({"id": "a\u0062c"}),
         json.dumps({"id": "abc", "extractor_key": "Odd\"Key"}), json.dumps({"title": "t", "id": "later"}),
         json.dumps({"id": "abc", "nested": {"extractor_key": "Same"}, "extractor_key": "Same"}),
+        json.dumps({"id": "abc", "http_headers": {'X "extractor_key': "Evil"}, "extractor_key": "Good"}),
+        json.dumps({"id": "abc", "note": '", "extractor_key": "Evil', "extractor": "good"}),
+        '{"id": "abc",\n    "extractor_key": "Indented"\n}',
     ]
     short_cut = 0
     for doc in docs:
@@ -264,7 +267,26 @@ def test_sidecar_short_cut_agrees_with_json() -> None:
             short_cut += 1
             assert fast == _sidecar_reference(doc.encode()), doc[:80]
     assert walker_mod._sidecar_fast(json.dumps(real).encode()) == ("dQw4w9WgXcQ", "Youtube")
-    assert short_cut >= 5  # the common shapes do not fall back
+    assert short_cut >= 8  # the common shapes do not fall back
+    # not JSON whitespace: json.loads refuses it, and the short cut does not take the key either
+    assert walker_mod._sidecar_fast(b'{"id": "abc",\x0b"extractor_key": "Y"}') == ("abc", None)
+
+
+def test_odd_sidecar_values_never_break_the_scan(tmp_path: Path) -> None:
+    """An extractor that is not one word of safe characters is dropped (it would break the
+    database write, or an archive line); a sidecar nested too deep for json is skipped."""
+    a = touch(tmp_path / "a [aname1].mp4")
+    (tmp_path / "a [aname1].info.json").write_text('{"title": "t", "id": "aname1", "extractor_key": "\\ud800"}')
+    b = touch(tmp_path / "b [bname1].mp4")
+    (tmp_path / "b [bname1].info.json").write_text(json.dumps({"title": "t", "id": "bname1",
+                                                               "extractor": "two words"}))
+    c = touch(tmp_path / "c [cname1].mp4")
+    (tmp_path / "c [cname1].info.json").write_text('{"x": ' + "[" * 100_000 + "]" * 100_000 + "}")
+    found, tally = walk(tmp_path)
+    assert found[str(a)][0::3] == ("aname1", "info.json") and found[str(a)][4] is None
+    assert found[str(b)][0::3] == ("bname1", "info.json") and found[str(b)][4] is None
+    assert found[str(c)][0::3] == ("cname1", "filename")
+    assert tally.counts["skipped_errors"] == 1 and "ignored sidecar" in tally.warnings[0]
 
 
 def test_sidecar_without_id_first_is_parsed_in_full(tmp_path: Path) -> None:

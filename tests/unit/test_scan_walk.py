@@ -68,6 +68,7 @@ def test_auto_forks_only_without_other_threads(tmp_path: Path) -> None:
     """Under pytest the main thread is alone, so "auto" forks; with a thread running it must not."""
     lib = tmp_path / "lib"
     make_library(lib, 10)
+    assert threading.active_count() == 1, "run pytest with timeout_method = signal (setup.cfg)"
     with start_walk([lib], CFG) as walk:
         assert isinstance(walk, ForkedWalk) and len(children()) == 1
         assert sum(len(chunk or ()) for _, chunk in walk) == 12
@@ -156,3 +157,32 @@ def test_progress_counts_the_videos_found_so_far(tmp_path: Path, mode: WalkMode)
         store.close()
     assert len(seen) >= 3  # one call per chunk: whole directories, 1,000 files or more (5 x 900 here)
     assert seen == sorted(seen) and seen[-1] == report.videos_found == 4502
+
+
+def test_closing_a_thread_walk_stops_the_walker(tmp_path: Path) -> None:
+    """The walker thread stops at its next hand-over; it does not go on through the library."""
+    lib = tmp_path / "lib"
+    for d in range(40):
+        (lib / f"d{d:02d}").mkdir(parents=True)
+        for i in range(1000):
+            (lib / f"d{d:02d}" / f"v {i} [id{d:02d}x{i:04d}].mp4").write_bytes(b"v")
+    walk = start_walk([lib], CFG, "thread")
+    next(iter(walk))
+    walk.close()
+    assert [t for t in threading.enumerate() if t.name == "videofetchd-scan-walk"] == []
+    # the queue holds 10 chunks, so the walker got at most about a dozen directories further
+    assert walk.tally.counts["files_seen"] < 20_000
+
+
+def test_an_ignored_sigchld_does_not_fail_a_finished_scan(tmp_path: Path) -> None:
+    """A parent that runs us with SIGCHLD ignored makes the kernel reap the walker itself."""
+    lib = tmp_path / "lib"
+    make_library(lib, 100)
+    before = signal.signal(signal.SIGCHLD, signal.SIG_IGN)
+    store = open_store(f"sqlite:///{tmp_path}/q.db")
+    try:
+        report = scan_directories(store, [lib], CFG, walk_in="process")
+    finally:
+        store.close()
+        signal.signal(signal.SIGCHLD, before)
+    assert report.videos_found == 102 and children() == []
