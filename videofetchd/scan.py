@@ -127,9 +127,9 @@ def _scan(store: Store, walk: Walk, *, dry_run: bool, reconcile: bool, allow_emp
             batch += chunk
             found[root] += len(chunk)
             progress(sum(found.values()))
-        if batch and (chunk is None or len(batch) >= BATCH_FILES):
-            matched[root] += library.record_files(store, batch, db_tally.counts, dry_run=dry_run)
-            batch = []
+        while len(batch) >= BATCH_FILES or (batch and chunk is None):
+            matched[root] += library.record_files(store, batch[:BATCH_FILES], db_tally.counts, dry_run=dry_run)
+            del batch[:BATCH_FILES]
         if chunk is None and done_under[root] and not allow_empty and not found[root]:
             refused.append(root)
     db_tally.add("videos_found", sum(found.values()))

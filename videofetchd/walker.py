@@ -11,6 +11,7 @@ raised, except for an unreadable scan root. No database, no network, no yt-dlp h
 
 from __future__ import annotations
 
+import itertools
 import json
 import logging
 import os
@@ -32,6 +33,8 @@ log = logging.getLogger("videofetchd.scan")
 MAX_WARNINGS = 50  #: warnings kept in the report and logged one by one; the rest are only counted
 MAX_SIDECAR_BYTES = 64 * 1024 * 1024
 SIDECAR_SUFFIX = ".info.json"
+LARGE_DIR = 10_000  #: entries of a directory held at once; a larger one is streamed (see _listing)
+SLICE = 1000  #: entries per slice of a large directory
 PARTIAL_EXTS = frozenset({"part", "ytdl", "temp"})
 _FORMAT_PART = re.compile(r"\.f[0-9]+(?:-[0-9]+)?$")  # yt-dlp's per-format pieces before a merge
 #: bracket tags that are obviously not IDs: resolutions, codecs (all at most 8 characters)
@@ -117,25 +120,23 @@ class Walker:
                 self.tally.error(f"cannot read directory {show_path(directory)}: {exc.strerror or exc}")
                 continue
             try:
-                with os.scandir(fd) as it:
-                    entries = list(it)
-                self._directory(directory, fd, entries, stack, out)
+                for entries, sidecars in _listing(fd):
+                    self._directory(directory, fd, entries, sidecars, stack, out)
+                    if len(out) >= batch_size:
+                        yield out
+                        out = []
             except OSError as exc:
                 self.tally.error(f"cannot read directory {show_path(directory)}: {exc.strerror or exc}")
             finally:
                 os.close(fd)
-            if len(out) >= batch_size:
-                yield out
-                out = []
         yield out
 
-    def _directory(self, directory: str, fd: int, entries: list[os.DirEntry[str]],
+    def _directory(self, directory: str, fd: int, entries: list[os.DirEntry[str]], sidecars: set[str],
                    stack: list[str], out: list[Found]) -> None:
         # the hot loop: one regular-expression call recognises the usual "Title [ID].ext" name
         # (extension, bracket and ID rules at once); every other name takes the careful path
         tally, fast, add = self.tally, self.fast, out.append
         base = directory if directory.endswith("/") else directory + "/"
-        sidecars = {e.name[:-10] for e in entries if e.name.endswith(SIDECAR_SUFFIX)}
         files = partial = 0
         for entry in entries:
             name = entry.name
@@ -281,6 +282,30 @@ def _sidecar_fast(data: bytes) -> tuple[str, str | None] | None:
                 return m[1].decode(), v[1].decode()
             at = data.find(key, end)
     return m[1].decode(), None
+
+
+def _listing(fd: int) -> Iterator[tuple[list[os.DirEntry[str]], set[str]]]:
+    """The directory's entries, in slices, each with the stems of all the directory's sidecars.
+
+    Up to LARGE_DIR entries are one slice. A larger directory (yt-dlp's default puts a whole
+    archive in one) is listed twice so that memory stays flat: first the sidecars' names only,
+    through a descriptor of its own (a dup would share the read position), then the entries,
+    streamed SLICE at a time.
+    """
+    with os.scandir(fd) as it:
+        head = list(itertools.islice(it, LARGE_DIR))
+        if len(head) < LARGE_DIR:
+            yield head, {e.name[:-len(SIDECAR_SUFFIX)] for e in head if e.name.endswith(SIDECAR_SUFFIX)}
+            return
+        again = os.open(".", os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC, dir_fd=fd)
+        try:
+            with os.scandir(again) as names:
+                sidecars = {e.name[:-len(SIDECAR_SUFFIX)] for e in names if e.name.endswith(SIDECAR_SUFFIX)}
+        finally:
+            os.close(again)
+        while head:
+            yield head, sidecars
+            head = list(itertools.islice(it, SLICE))
 
 
 def _read_file(dir_fd: int, name: str, limit: int) -> bytes:

@@ -554,3 +554,32 @@ def test_report_to_dict_is_json(sqlite_store: Store, tmp_path: Path) -> None:
     touch(tmp_path / "a [aaa].mp4")
     d = scan_directories(sqlite_store, [tmp_path], CFG).to_dict()
     assert json.loads(json.dumps(d))["created"] == 1 and d["roots"] == [str(tmp_path)]
+
+
+def test_a_huge_flat_directory_is_streamed_in_bounded_batches(sqlite_store: Store, tmp_path: Path,
+                                                              monkeypatch: pytest.MonkeyPatch) -> None:
+    """yt-dlp's default puts a whole archive in one directory: it is listed twice (sidecars first)
+    and handed over in slices, and every transaction stays within BATCH_FILES."""
+    monkeypatch.setattr(walker_mod, "LARGE_DIR", 100)
+    monkeypatch.setattr(walker_mod, "SLICE", 30)
+    monkeypatch.setattr(scan, "BATCH_FILES", 70)
+    lib = tmp_path / "flat"
+    for i in range(400):
+        touch(lib / f"v{i:03d} [flat{i:04d}].mp4")
+    for i in (0, 199, 399):  # a sidecar names a different ID wherever it falls in the listing
+        (lib / f"v{i:03d} [flat{i:04d}].info.json").write_text(json.dumps({"id": f"side{i:04d}"}))
+    chunks = list(Walker(CFG, Tally()).walk(str(lib), 25))
+    assert len(chunks) >= 10 and sum(map(len, chunks)) == 400  # one directory, many hand-overs
+    sizes: list[int] = []
+    real = scan.library.record_files
+
+    def record(store: Store, files: Any, *args: Any, **kw: Any) -> int:
+        sizes.append(len(files))
+        return real(store, files, *args, **kw)
+
+    monkeypatch.setattr(scan.library, "record_files", record)
+    report = scan_directories(sqlite_store, [lib], CFG)
+    assert report.videos_found == 400 and report.created == 400 and max(sizes) <= 70 and sum(sizes) == 400
+    r = rows(sqlite_store)
+    assert {f"side{i:04d}" for i in (0, 199, 399)} <= set(r) and "flat0199" not in r
+    assert all(r[f"side{i:04d}"]["found_by"] == "info.json" for i in (0, 199, 399))
