@@ -15,11 +15,13 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import json
 import logging
 import marshal
 import os
 import queue
 import signal
+import sys
 import threading
 import traceback
 from collections.abc import Iterator, Sequence
@@ -37,7 +39,7 @@ QUEUE_CHUNKS = 10  #: chunks the helper thread may be ahead of the writer
 PIPE_BYTES = 1 << 20  #: the forked walker's pipe: about 7,000 files ahead (Linux allows 1 MiB unprivileged)
 
 WalkEvent = tuple[str, list[Found] | None]  #: (root, files found) or (root, None) at the end of a root
-WalkMode = Literal["auto", "process", "thread"]
+WalkMode = Literal["auto", "process", "spawn", "thread"]
 
 
 class ScanError(VideofetchdError):
@@ -72,14 +74,16 @@ def start_walk(directories: Sequence[str | os.PathLike[str]], cfg: ScanConfig, m
     roots = normalise_roots(directories)
     if not roots:
         raise ScanRootError("no directory to scan")
-    if mode == "process" or (mode == "auto" and threading.active_count() == 1 and hasattr(os, "fork")):
+    if mode == "auto":
+        mode = "process" if threading.active_count() == 1 else "spawn"
         try:
-            return ForkedWalk(roots, cfg)
+            return ForkedWalk(roots, cfg) if mode == "process" else SpawnedWalk(roots, cfg)
         except OSError as exc:  # EAGAIN, ENOMEM: no process to spare; a thread still does the job
-            if mode == "process":
-                raise
-            log.warning("cannot fork a walker (%s); walking in a thread", exc)
-    return ThreadWalk(roots, cfg)
+            log.warning("cannot start a walker process (%s); walking in a thread", exc)
+            return ThreadWalk(roots, cfg)
+    if mode == "process":
+        return ForkedWalk(roots, cfg)
+    return SpawnedWalk(roots, cfg) if mode == "spawn" else ThreadWalk(roots, cfg)
 
 
 def normalise_roots(directories: Sequence[str | os.PathLike[str]]) -> list[str]:
@@ -152,13 +156,13 @@ class ThreadWalk(Walk):
         self._thread.join()
 
 
-class ForkedWalk(Walk):
-    """The walker in a forked child that streams marshalled chunks through a pipe. The child's
-    counts and warnings come back at the end; its own log lines go to the inherited stderr."""
+class PipeWalk(Walk):
+    """The walker in a child process that streams marshalled chunks through a pipe. The child's
+    counts and warnings come back at the end; its own log lines go to the inherited stderr.
+    Subclasses say how the child is started."""
 
     def __init__(self, roots: list[str], cfg: ScanConfig) -> None:
         super().__init__(roots, cfg)
-        walker = Walker(cfg, self.tally)
         self._pid = 0
         self._pipe: BinaryIO | None = None
         self._finished = self._reaped = False
@@ -166,19 +170,7 @@ class ForkedWalk(Walk):
         try:
             with contextlib.suppress(OSError):  # a deeper pipe keeps the walker going while a batch commits
                 fcntl.fcntl(write_fd, fcntl.F_SETPIPE_SZ, PIPE_BYTES)
-            # Ctrl-C between fork() and the child's own try would run the caller's code in the child
-            blocked = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT, signal.SIGTERM})
-            try:
-                self._pid = os.fork()
-                if self._pid == 0:  # pragma: no cover - the child; what it sends is checked by the parent's tests
-                    try:
-                        signal.pthread_sigmask(signal.SIG_SETMASK, blocked)
-                        os.close(read_fd)
-                        _walker_child(walker, roots, write_fd)
-                    finally:
-                        os._exit(1)
-            finally:
-                signal.pthread_sigmask(signal.SIG_SETMASK, blocked)
+            self._start(read_fd, write_fd)
             os.close(write_fd)
             write_fd = -1
             self._pipe = open(read_fd, "rb")
@@ -186,8 +178,12 @@ class ForkedWalk(Walk):
             os.close(read_fd)  # the pipe object was not made: opening it is the try's last step
             if write_fd >= 0:
                 os.close(write_fd)
-            self.close()  # kills and reaps a child forked before the failure
+            self.close()  # kills and reaps a child started before the failure
             raise
+
+    def _start(self, read_fd: int, write_fd: int) -> None:
+        """Start the child writing to ``write_fd``; set ``self._pid``."""
+        raise NotImplementedError
 
     def __iter__(self) -> Iterator[WalkEvent]:
         pipe = self._pipe
@@ -232,6 +228,53 @@ class ForkedWalk(Walk):
             self._reaped = True
 
 
+class ForkedWalk(PipeWalk):
+    """A forked child: nothing to start or import, so it walks at once. Only for a process with
+    no other thread."""
+
+    def _start(self, read_fd: int, write_fd: int) -> None:
+        walker = Walker(self.cfg, self.tally)
+        # Ctrl-C between fork() and the child's own try would run the caller's code in the child
+        blocked = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT, signal.SIGTERM})
+        try:
+            self._pid = os.fork()
+            if self._pid == 0:  # pragma: no cover - the child; what it sends is checked by the parent's tests
+                try:
+                    signal.pthread_sigmask(signal.SIG_SETMASK, blocked)
+                    os.close(read_fd)
+                    _walker_child(walker, self.roots, write_fd)
+                finally:
+                    os._exit(1)
+        finally:
+            signal.pthread_sigmask(signal.SIG_SETMASK, blocked)
+
+
+class SpawnedWalk(PipeWalk):
+    """A new interpreter running this module (``posix_spawn``: no Python code runs between the
+    fork and the exec, so it is safe from a process with threads, such as the daemon). It costs
+    an interpreter start, about 60 ms, before the walk begins."""
+
+    def _start(self, read_fd: int, write_fd: int) -> None:
+        spec = json.dumps({"roots": self.roots, "extensions": list(self.cfg.extensions),
+                           "id_pattern": self.cfg.id_pattern, "log_level": logging.getLogger().getEffectiveLevel()})
+        # the child must import this very package, wherever it was imported from
+        env = dict(os.environ)
+        env["PYTHONPATH"] = os.pathsep.join(filter(None, [_PACKAGE_PARENT, env.get("PYTHONPATH")]))
+        self._pid = os.posix_spawn(sys.executable, [sys.executable, "-m", __name__, spec], env,
+                                   file_actions=[(os.POSIX_SPAWN_DUP2, write_fd, 1)])
+
+
+_PACKAGE_PARENT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def _spawned_main(spec: str) -> NoReturn:  # pragma: no cover - runs in the spawned child
+    from .logs import setup_logging
+    args = json.loads(spec)
+    setup_logging(logging.getLevelName(args["log_level"]))
+    cfg = ScanConfig(extensions=tuple(args["extensions"]), id_pattern=args["id_pattern"])
+    _walker_child(Walker(cfg, Tally()), args["roots"], 1)
+
+
 def _walker_child(walker: Walker, roots: list[str], fd: int) -> NoReturn:  # pragma: no cover - see above
     status = 1
     try:
@@ -249,3 +292,7 @@ def _walker_child(walker: Walker, roots: list[str], fd: int) -> NoReturn:  # pra
         status = 0
     finally:  # never return into the parent's code, nor run its atexit handlers or finalizers
         os._exit(status)
+
+
+if __name__ == "__main__":  # pragma: no cover - SpawnedWalk's child
+    _spawned_main(sys.argv[1])

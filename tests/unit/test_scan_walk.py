@@ -1,5 +1,5 @@
-"""How the scanner hands the walk over: a forked child through a pipe, or a helper thread through a
-queue. Both must report exactly the same; a child that dies or a consumer that gives up must not
+"""How the scanner hands the walk over: a forked or a spawned child through a pipe, or a helper
+thread through a queue. Both must report exactly the same; a child that dies or a consumer that gives up must not
 leave a process behind."""
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ from videofetchd.config import ScanConfig
 from videofetchd.errors import DatabaseUnavailable
 from videofetchd.scan import ScanError, scan_directories
 from videofetchd.store import open_store
-from videofetchd.walkproc import ForkedWalk, ThreadWalk, WalkMode, start_walk
+from videofetchd.walkproc import ForkedWalk, SpawnedWalk, WalkMode, start_walk
 
 CFG = ScanConfig()
 
@@ -47,7 +47,7 @@ def test_process_and_thread_walks_report_the_same(tmp_path: Path, dry_run: bool)
     lib = tmp_path / "lib"
     make_library(lib, 2500)
     reports: dict[str, tuple[dict[str, Any], list[tuple[Any, ...]]]] = {}
-    for mode in ("process", "thread"):
+    for mode in ("process", "spawn", "thread"):
         store = open_store(f"sqlite:///{tmp_path}/{mode}.db")
         try:
             report = scan_directories(store, [lib], CFG, dry_run=dry_run, walk_in=mode)
@@ -55,7 +55,7 @@ def test_process_and_thread_walks_report_the_same(tmp_path: Path, dry_run: bool)
         finally:
             store.close()
         reports[mode] = ({**report.to_dict(), "elapsed_s": None}, done)
-    assert reports["process"] == reports["thread"]
+    assert reports["process"] == reports["spawn"] == reports["thread"]
     seen, written = reports["process"]
     assert seen["videos_found"] == 2502 and seen["partial"] == 1 and seen["skipped_errors"] == 1
     assert seen["unrecognized"] == 0 and seen["files_seen"] == 2506
@@ -65,7 +65,8 @@ def test_process_and_thread_walks_report_the_same(tmp_path: Path, dry_run: bool)
 
 
 def test_auto_forks_only_without_other_threads(tmp_path: Path) -> None:
-    """Under pytest the main thread is alone, so "auto" forks; with a thread running it must not."""
+    """Under pytest the main thread is alone, so "auto" forks; with a thread running it must not
+    fork (a copied lock could hang the child): it spawns a fresh interpreter instead."""
     lib = tmp_path / "lib"
     make_library(lib, 10)
     assert threading.active_count() == 1, "run pytest with timeout_method = signal (setup.cfg)"
@@ -77,7 +78,9 @@ def test_auto_forks_only_without_other_threads(tmp_path: Path) -> None:
     other.start()
     try:
         with start_walk([lib], CFG) as walk:
-            assert isinstance(walk, ThreadWalk) and children() == []
+            assert isinstance(walk, SpawnedWalk)
+            (child,) = children()
+            assert child.cmdline()[1:3] == ["-m", "videofetchd.walkproc"]
             assert sum(len(chunk or ()) for _, chunk in walk) == 12
     finally:
         stop.set()
@@ -103,10 +106,11 @@ def small_pipes(monkeypatch: pytest.MonkeyPatch) -> None:
 
 
 @pytest.mark.usefixtures("small_pipes")
-def test_a_walker_child_that_dies_fails_the_scan_and_is_reaped(tmp_path: Path) -> None:
+@pytest.mark.parametrize("mode", ["process", "spawn"])
+def test_a_walker_child_that_dies_fails_the_scan_and_is_reaped(tmp_path: Path, mode: WalkMode) -> None:
     lib = tmp_path / "lib"
     make_library(lib, 3000, name_len=220)
-    with start_walk([lib], CFG, "process") as walk:
+    with start_walk([lib], CFG, mode) as walk:
         events = iter(walk)
         root, chunk = next(events)
         assert root == str(lib) and chunk
@@ -130,7 +134,7 @@ def test_a_consumer_that_stops_early_kills_and_reaps_the_child(tmp_path: Path) -
     assert children() == [] and not psutil.pid_exists(child.pid)
 
 
-@pytest.mark.parametrize("mode", ["process", "thread"])
+@pytest.mark.parametrize("mode", ["process", "spawn", "thread"])
 def test_a_database_error_mid_scan_stops_the_walker(tmp_path: Path, mode: WalkMode) -> None:
     lib = tmp_path / "lib"
     make_library(lib, 3000)
@@ -145,7 +149,7 @@ def test_a_database_error_mid_scan_stops_the_walker(tmp_path: Path, mode: WalkMo
     assert [t for t in threading.enumerate() if t.name == "videofetchd-scan-walk"] == []
 
 
-@pytest.mark.parametrize("mode", ["process", "thread"])
+@pytest.mark.parametrize("mode", ["process", "spawn", "thread"])
 def test_progress_counts_the_videos_found_so_far(tmp_path: Path, mode: WalkMode) -> None:
     lib = tmp_path / "lib"
     make_library(lib, 4500)
