@@ -135,6 +135,26 @@ def test_reload_changes_worker_count_without_restart(svc: nspawn.Container) -> N
     assert after["ActiveState"] == "active"
 
 
+def test_reload_with_scan_directories_scans_them_in_the_sandbox(svc: nspawn.Container) -> None:
+    """The daemon (threads) walks in a spawned interpreter: that must work under the unit's
+    sandbox, as the videofetchd user, on a read-only library outside its state directory."""
+    c = svc
+    c.C("sh", "-c", "mkdir -p '/srv/e2e lib/chan' && for i in 1 2 3; do "
+        "head -c 1000 /dev/zero > \"/srv/e2e lib/chan/clip $i [e2escan0$i].mp4\"; done")
+    update_config(c, scan={"directories": ["/srv/e2e lib"]})
+    r = c.C("systemctl", "reload", UNIT, check=False, timeout=60)
+    assert r.returncode == 0, f"systemctl reload failed:\n{r.stderr}"
+
+    def scanned() -> dict[str, Any] | None:
+        scan = (status(c) or {}).get("scan") or {}
+        return scan if scan.get("last_result") and not scan.get("running") else None
+    scan = nspawn.wait_for(scanned, 30, "the reload's scan to finish")
+    assert scan["last_ok"] and scan["last_result"].startswith("3 files, 3 videos"), scan
+    assert db_count(c, "status='done' AND found_by='filename' AND video_id LIKE 'e2escan%'") == 3
+    journal = c.C("journalctl", "-u", UNIT, "--no-pager", "-o", "cat", check=False).stdout
+    assert "cannot start a walker process" not in journal  # no fallback to a thread
+
+
 def test_stop_leaves_no_running_rows(svc: nspawn.Container, media: MediaServer) -> None:
     c = svc
     ids = [f"e2estop{i:02d}" for i in range(6)]
