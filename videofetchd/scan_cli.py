@@ -22,6 +22,7 @@ import argparse
 import json
 import os
 import sys
+import time
 from typing import Any, Callable, TextIO
 from urllib.parse import urlsplit
 
@@ -53,16 +54,42 @@ def cmd_scan(args: argparse.Namespace, cfg: Config, out: TextIO) -> int:
             out.write(json.dumps(report.to_dict(), indent=1) + "\n" if args.json else report.summary() + "\n")
 
         store = open_store(cfg.database.url)
+        meter = _ProgressLine(sys.stderr) if sys.stderr.isatty() else None
         try:
-            show(scan_into_store(store, walk, dry_run=args.dry_run, reconcile=not args.no_reconcile,
-                                 allow_empty=args.allow_empty))
+            report = scan_into_store(store, walk, dry_run=args.dry_run, reconcile=not args.no_reconcile,
+                                     allow_empty=args.allow_empty, progress=meter.update if meter else None)
         except ScanRootError as exc:
+            if meter:
+                meter.clear()
             if exc.report is not None:  # files were recorded before the guard refused to reconcile
                 show(exc.report)
             raise
         finally:
+            if meter:
+                meter.clear()
             store.close()
+        show(report)
     return EXIT_OK
+
+
+class _ProgressLine:
+    """"scanning: N videos found" on a terminal, redrawn at most five times a second, erased at the end."""
+
+    def __init__(self, stream: TextIO) -> None:
+        self.stream, self.shown_at = stream, float("-inf")
+
+    def update(self, found: int) -> None:
+        now = time.monotonic()
+        if now - self.shown_at >= 0.2:
+            self.stream.write(f"\rscanning: {found} videos found so far")
+            self.stream.flush()
+            self.shown_at = now
+
+    def clear(self) -> None:
+        if self.shown_at != float("-inf"):
+            self.stream.write("\r\x1b[K")
+            self.stream.flush()
+            self.shown_at = float("-inf")
 
 
 def extractor_for_site(url_template: str) -> str:

@@ -242,6 +242,25 @@ def test_fetch_live_view_on_a_terminal_and_plain_output_without_one(tmp_path: Pa
         assert all(row["status"] == "done" for row in vfd.rows(pipe_dir / "queue.db"))
 
 
+def test_scan_progress_line_on_a_terminal_only(tmp_path: Path) -> None:
+    lib = tmp_path / "lib"
+    for d in range(3):
+        (lib / f"d{d}").mkdir(parents=True)
+        for i in range(1200):
+            (lib / f"d{d}" / f"clip {i} [tty{d}x{i:04d}].mp4").write_bytes(b"v")
+    (tmp_path / "tty").mkdir()
+    (tmp_path / "pipe").mkdir()
+    cfg = vfd.write_config(tmp_path / "tty", url_template="http://127.0.0.1:9/{id}")
+    code, text = run_on_pty([vfd.PY, "-m", "videofetchd", "scan", str(lib), "--config", str(cfg)])
+    assert code == 0, text[-2000:]
+    assert "\rscanning: 1200 videos found so far" in text, repr(text[-2000:])
+    assert "\r\x1b[K" in text and "3600 files, 3600 videos" in text, repr(text[-2000:])  # erased, then the summary
+
+    r = vfd.ctl(vfd.write_config(tmp_path / "pipe", url_template="http://127.0.0.1:9/{id}"), "scan", str(lib))
+    assert r.returncode == 0 and "3600 files, 3600 videos" in r.stdout, r.stderr
+    assert "scanning:" not in r.stderr and "\x1b" not in r.stdout + r.stderr
+
+
 # -- 4. lease_owner in list --json ---------------------------------------------------------------------
 
 def test_list_json_lease_owner_is_the_daemons_node(tmp_path: Path) -> None:

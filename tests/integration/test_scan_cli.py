@@ -3,9 +3,11 @@ as real processes on a generated library, with a real config file and a SQLite q
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
+import sqlite3
 import subprocess
 import sys
 from pathlib import Path
@@ -191,11 +193,19 @@ def test_ctrl_c_stops_the_scan_cleanly_and_a_rerun_finishes_it(tmp_path: Path) -
     proc = subprocess.Popen([PY, "-m", "videofetchd", "scan", str(root), "--config", str(config)],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
     scanner = psutil.Process(proc.pid)
-    # hold the walker still, so the scan is certainly mid-way when Ctrl-C comes
+    # stop the whole group the moment the walker exists: its 20,000 files take far longer than
+    # that, and while the scanner is stopped the walker soon blocks on a full pipe anyway
     walker = wait_until(lambda: next(iter(scanner.children()), None), timeout=30, interval=0.001)
-    walker.suspend()
-    wait_until(lambda: any(f.path == str(tmp_path / "q.db") for f in scanner.open_files()), timeout=30)
+    os.killpg(proc.pid, signal.SIGSTOP)
+    assert walker.status() != psutil.STATUS_ZOMBIE, "the walker finished before it could be stopped"
+    scanner.resume()  # the scanner alone: it sets up the database, then waits for the stopped walker
+
+    def schema_ready() -> bool:
+        with contextlib.closing(sqlite3.connect(tmp_path / "q.db")) as db:
+            return bool(db.execute("SELECT count(*) FROM sqlite_master WHERE name = 'videos'").fetchone()[0])
+    wait_until(lambda: (tmp_path / "q.db").exists() and schema_ready(), timeout=30)
     os.killpg(proc.pid, signal.SIGINT)  # what a terminal sends to the foreground group
+    os.killpg(proc.pid, signal.SIGCONT)
     out, err = proc.communicate(timeout=30)
     assert proc.returncode == 130 and "videofetchctl: interrupted" in err and "Traceback" not in err
     assert not psutil.pid_exists(walker.pid)  # killed and reaped
