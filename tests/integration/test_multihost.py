@@ -327,6 +327,9 @@ def test_sigkill_one_daemon_others_take_over_after_lease(cluster: Cluster, media
         wait_until(lambda: len([o for o in running_leases(pg).values() if o.rpartition(":")[0] == victim_node]) == 2
                    and 10 <= pg.done() <= n - 20, timeout=30, interval=0.02,
                    message="victim never had two jobs in flight mid-run")
+        # freeze it first: a stopped daemon records nothing more, so the jobs it holds now are
+        # still in flight when it dies, however long the next two steps take
+        os.kill(victim.pid, signal.SIGSTOP)
         children = _descendants(victim.pid)
         assert children, "the victim daemon has no children?"
         victim.kill()  # SIGKILL
