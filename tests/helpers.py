@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import time
+from pathlib import Path
 from typing import Callable, TypeVar
 
 T = TypeVar("T")
 
-__all__ = ["wait_until"]
+__all__ = ["video_tree", "wait_until"]
 
 
 def wait_until(predicate: Callable[[], T | None], timeout: float = 10.0, interval: float = 0.05,
@@ -27,3 +28,13 @@ def wait_until(predicate: Callable[[], T | None], timeout: float = 10.0, interva
             raise AssertionError(f"{message or 'condition not met'} (timed out after {timeout}s; "
                                  f"last value: {value!r})")
         time.sleep(interval)
+
+
+def video_tree(root: Path, dirs: int, per_dir: int, tag: str = "id") -> int:
+    """``dirs`` directories of ``per_dir`` one-byte videos named yt-dlp style
+    (``d03/clip 7 [id03x0007].mp4``); returns how many files it wrote."""
+    for d in range(dirs):
+        (root / f"d{d:02d}").mkdir(parents=True)
+        for i in range(per_dir):
+            (root / f"d{d:02d}" / f"clip {i} [{tag}{d:02d}x{i:04d}].mp4").write_bytes(b"v")
+    return dirs * per_dir

@@ -26,7 +26,7 @@ import yaml
 
 import vfd
 from vfd import running
-from helpers import wait_until
+from helpers import video_tree, wait_until
 from mediaserver import MediaServer
 
 KiB = 1024
@@ -244,10 +244,7 @@ def test_fetch_live_view_on_a_terminal_and_plain_output_without_one(tmp_path: Pa
 
 def test_scan_progress_line_on_a_terminal_only(tmp_path: Path) -> None:
     lib = tmp_path / "lib"
-    for d in range(3):
-        (lib / f"d{d}").mkdir(parents=True)
-        for i in range(1200):
-            (lib / f"d{d}" / f"clip {i} [tty{d}x{i:04d}].mp4").write_bytes(b"v")
+    video_tree(lib, 3, 1200, "tty")
     (tmp_path / "tty").mkdir()
     (tmp_path / "pipe").mkdir()
     cfg = vfd.write_config(tmp_path / "tty", url_template="http://127.0.0.1:9/{id}")

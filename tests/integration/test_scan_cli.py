@@ -18,7 +18,7 @@ import pytest
 import yaml
 
 import vfd
-from helpers import wait_until
+from helpers import video_tree, wait_until
 
 PY = sys.executable
 
@@ -185,10 +185,7 @@ def test_fetch_with_existing_videos_dir_downloads_nothing(tmp_path: Path, lib: P
 
 def test_ctrl_c_stops_the_scan_cleanly_and_a_rerun_finishes_it(tmp_path: Path) -> None:
     root = tmp_path / "big"
-    for d in range(20):
-        (root / f"d{d}").mkdir(parents=True)
-        for i in range(1000):
-            (root / f"d{d}" / f"video {i} [id{d:02d}x{i:04d}].mp4").write_bytes(b"v")
+    video_tree(root, 20, 1000)
     config = write_config(tmp_path)
     proc = subprocess.Popen([PY, "-m", "videofetchd", "scan", str(root), "--config", str(config)],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)

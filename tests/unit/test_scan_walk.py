@@ -13,6 +13,7 @@ from typing import Any
 
 import psutil
 import pytest
+from helpers import video_tree
 
 from videofetchd import walkproc
 from videofetchd.config import ScanConfig
@@ -166,10 +167,7 @@ def test_progress_counts_the_videos_found_so_far(tmp_path: Path, mode: WalkMode)
 def test_closing_a_thread_walk_stops_the_walker(tmp_path: Path) -> None:
     """The walker thread stops at its next hand-over; it does not go on through the library."""
     lib = tmp_path / "lib"
-    for d in range(40):
-        (lib / f"d{d:02d}").mkdir(parents=True)
-        for i in range(1000):
-            (lib / f"d{d:02d}" / f"v {i} [id{d:02d}x{i:04d}].mp4").write_bytes(b"v")
+    video_tree(lib, 40, 1000)
     walk = start_walk([lib], CFG, "thread")
     next(iter(walk))
     walk.close()
