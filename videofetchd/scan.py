@@ -1,7 +1,7 @@
 """The offline library scanner: mark the rows of video files that already exist done.
 
-The walk (``walker.py``: directories, IDs, partial files) runs beside this code in a forked
-child or a helper thread (``walkproc.py``); this side writes what it finds in batches, one
+The walk (``walker.py``: directories, IDs, partial files) runs beside this code in a child
+process (``walkproc.py``); this side writes what it finds in batches, one
 transaction each (rules in ``library.record_files``). Afterwards done rows under the scanned
 roots whose file is gone become ``missing`` (or ``queued`` with ``scan.requeue_missing``),
 unless a root looks unmounted (missing, or empty while rows point into it).

@@ -1,18 +1,20 @@
-"""Run the library walk beside the database writer: in a forked child or in a helper thread.
+"""Run the library walk beside the database writer, in a child process (or, failing that, a thread).
 
 ``start_walk`` checks the roots and starts walking at once, before the caller has loaded the
 database layer (``videofetchctl scan`` imports peewee and opens the database while the walker is
 already listing directories). The caller iterates the ``Walk`` for ``(root, files)`` chunks and a
-``(root, None)`` at the end of each root, and closes it. A forked child is used when the caller
+``(root, None)`` at the end of each root, and closes it. The walker is forked when the caller
 has no other thread, because only then is ``fork`` safe (a copied lock held by another thread
-would never be released in the child): the walk and the database writes then run on two cores.
-The daemon and ``fetch`` run threads, so they get the helper thread, where the two take turns at
-the GIL. Either way the hand-over is bounded (a pipe, a queue), so memory stays flat.
+would never be released in the child). The daemon and ``fetch`` run threads, so they spawn a
+fresh interpreter for it instead. Either way the walk and the database writes run on two cores;
+a helper thread, where the two take turns at the GIL, is the fallback when no process can be
+started. The hand-over is bounded (a pipe, a queue), so memory stays flat.
 This module must not import the database layer.
 """
 
 from __future__ import annotations
 
+import abc
 import contextlib
 import fcntl
 import json
@@ -46,7 +48,7 @@ class ScanError(VideofetchdError):
     """The walk failed for a reason other than a bad root (its process died, or a bug)."""
 
 
-class Walk:
+class Walk(abc.ABC):
     """A walk under way over ``roots``; iterate it once, then ``close`` it (also on errors).
 
     ``tally`` holds the walker's counts and warnings once iteration has finished.
@@ -55,9 +57,11 @@ class Walk:
     def __init__(self, roots: list[str], cfg: ScanConfig) -> None:
         self.roots, self.cfg, self.tally = roots, cfg, Tally()
 
+    @abc.abstractmethod
     def __iter__(self) -> Iterator[WalkEvent]:
-        raise NotImplementedError
+        """(root, files found) chunks as the walker hands them over, (root, None) at each root's end."""
 
+    @abc.abstractmethod
     def close(self) -> None:
         """Stop the walker if it still runs and release it; safe to call more than once."""
 
@@ -181,9 +185,9 @@ class PipeWalk(Walk):
             self.close()  # kills and reaps a child started before the failure
             raise
 
+    @abc.abstractmethod
     def _start(self, read_fd: int, write_fd: int) -> None:
         """Start the child writing to ``write_fd``; set ``self._pid``."""
-        raise NotImplementedError
 
     def __iter__(self) -> Iterator[WalkEvent]:
         pipe = self._pipe
