@@ -8,7 +8,7 @@ rescan that finds nothing new), prints a table and checks the number of done row
 (--big-sidecars, default 1,000 videos) gives every video a 390 KiB info.json shaped like yt-dlp's,
 scanned next to a plain Python loop that json.loads every sidecar.
 
-    .venv/bin/python bench/scan_bench.py [--files 100000] [--runs 3] [--keep DIR] [--big-sidecars N]
+    .venv/bin/python bench/scan_bench.py [--files 100000] [--runs 3] [--keep DIR] [--big-sidecars N] [--modes]
 
 With --keep the tree is generated once into DIR and reused by later runs; otherwise it lives in a
 temporary directory that is removed at the end. Wall times depend on how busy the machine is; the
@@ -87,6 +87,8 @@ def main() -> int:
     ap.add_argument("--keep", metavar="DIR", help="use (and keep) this directory instead of a temp dir")
     ap.add_argument("--runs", type=int, default=3, help="scan runs (each on a fresh database); best is reported")
     ap.add_argument("--profile", action="store_true", help="also run the scan once under cProfile")
+    ap.add_argument("--modes", action="store_true",
+                    help="also time the scan in this process with each walk mode (process, spawn, thread)")
     ap.add_argument("--big-sidecars", type=int, default=1000, metavar="N",
                     help=f"also scan N videos with {SIDECAR_KIB} KiB yt-dlp-style info.json sidecars (0: skip)")
     args = ap.parse_args()
@@ -138,6 +140,9 @@ def run(args: argparse.Namespace, base: str) -> int:
         p_s, p_cpu, _ = min((timed(parse) for _ in range(args.runs)), key=lambda t: t[0])
         rows.append(("  json.loads each sidecar", b_files, p_s, p_cpu, b_find))
 
+    if args.modes:
+        rows += walk_modes(base, tree, args.runs, find_s, n_files)
+
     if args.profile:
         prof = os.path.join(base, "scan.prof")
         cfg = write_config(base, fresh_db(base, "qprof.db"))
@@ -157,6 +162,33 @@ def run(args: argparse.Namespace, base: str) -> int:
     print(f"targets (>= {TARGET_FILES_PER_S} files/s, <= {TARGET_FIND_RATIO:.0f}x find):",
           "met" if ok else "NOT met")
     return 0
+
+
+Row = tuple[str, int, float, float, float]  #: what, files, wall s, CPU s, reference (find) s
+
+
+def walk_modes(base: str, tree: str, runs: int, find_s: float, n_files: int) -> list[Row]:
+    """scan_directories() in this process with each walk mode (what the daemon runs: it has
+    threads, so "auto" means spawn there): a fresh database, then the same tree again."""
+    sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    from videofetchd.config import ScanConfig
+    from videofetchd.scan import scan_directories
+    from videofetchd.store import open_store
+    rows = []
+    for mode in ("process", "spawn", "thread"):
+        best = [float("inf"), float("inf")]
+        for i in range(runs):
+            store = open_store(f"sqlite:///{fresh_db(base, f'mode-{mode}.db')}")
+            try:
+                for j in range(2):
+                    t0 = time.perf_counter()
+                    scan_directories(store, [tree], ScanConfig(), walk_in=mode)  # type: ignore[arg-type]
+                    best[j] = min(best[j], time.perf_counter() - t0)
+            finally:
+                store.close()
+        rows.append((f"in-process, {mode} walk", n_files, best[0], float("nan"), find_s))
+        rows.append((f"  {mode} walk, rescan", n_files, best[1], float("nan"), find_s))
+    return rows
 
 
 def time_find(tree: str) -> tuple[float, float, int]:
