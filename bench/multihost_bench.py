@@ -53,7 +53,7 @@ import yaml  # noqa: E402
 from helpers import wait_until  # noqa: E402
 from mediaserver import MediaServer, parse_size  # noqa: E402
 from videofetchd import ctl as vctl  # noqa: E402
-from videofetchd.store import open_store  # noqa: E402
+from videofetchd.queue.store import open_store  # noqa: E402
 
 PY = str(REPO / ".venv" / "bin" / "python")
 ADMIN_URL = os.environ.get("VFD_BENCH_PG", "postgresql://postgres@127.0.0.1:5432/test")

@@ -172,8 +172,8 @@ def walk_modes(base: str, tree: str, runs: int, find_s: float, n_files: int) -> 
     threads, so "auto" means spawn there): a fresh database, then the same tree again."""
     sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
     from videofetchd.config import ScanConfig
-    from videofetchd.scan import scan_directories
-    from videofetchd.store import open_store
+    from videofetchd.library.scan import scan_directories
+    from videofetchd.queue.store import open_store
     rows = []
     for mode in ("process", "spawn", "thread"):
         best = [float("inf"), float("inf")]

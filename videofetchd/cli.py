@@ -36,7 +36,7 @@ def main(argv: list[str] | None = None) -> int:
             print(f"{cfg.path}: configuration is valid")
             return EXIT_OK
         setup_logging(cfg.logging.level, verbose=args.verbose)
-        from .slots import start_forkserver
+        from .workers.slots import start_forkserver
         start_forkserver()  # its yt-dlp preload overlaps our imports and the database opening
         from .daemon import Daemon  # imported late: --check-config must not need the database driver
         return asyncio.run(Daemon(cfg).run())

@@ -19,10 +19,10 @@ from typing import Any, TextIO
 
 from . import __version__
 from . import config as config_mod
-from .display import format_status
+from .control.display import format_status
 from .errors import (EXIT_FAILURE, EXIT_INTERRUPTED, EXIT_OK, EXIT_USAGE, ControlError, InvalidVideoId, NotRunning,
                      VideofetchdError)
-from .protocol import ProtocolError, decode_reply, encode
+from .control.protocol import ProtocolError, decode_reply, encode
 
 log = logging.getLogger("videofetchctl")
 SOCKET_TIMEOUT_S = 10.0
@@ -102,14 +102,14 @@ def _read_inputs(args: argparse.Namespace) -> list[tuple[str, str]]:
 
 def parse_inputs(items: list[tuple[str, str]]) -> tuple[list[tuple[str, str | None]], list[str]]:
     """Split inputs into valid (video_id, url) pairs and error messages naming their source."""
-    from .jobs import id_for_url, is_url, validate_url, validate_video_id
+    from .queue.jobs import id_for_url, is_url, validate_url, validate_video_id
     good: list[tuple[str, str | None]] = []
     bad: list[str] = []
     for where, text in items:
         try:
             if is_url(text):
                 url = validate_url(text)
-                from .download import offline_id
+                from .workers.download import offline_id
                 good.append((offline_id(url) or id_for_url(url), url))
             else:
                 good.append((validate_video_id(text), None))
@@ -168,7 +168,7 @@ def cmd_retry(args: argparse.Namespace, cfg: config_mod.Config, out: TextIO) -> 
 
 
 def cmd_fetch(args: argparse.Namespace, cfg: config_mod.Config, out: TextIO) -> int:
-    from .slots import start_forkserver
+    from .workers.slots import start_forkserver
     start_forkserver()  # first: its yt-dlp preload overlaps the imports below
     import asyncio
 
@@ -185,7 +185,7 @@ def cmd_fetch(args: argparse.Namespace, cfg: config_mod.Config, out: TextIO) -> 
 
 
 def _open(cfg: config_mod.Config) -> Any:
-    from .store import open_store
+    from .queue.store import open_store
     return open_store(cfg.database.url)
 
 
@@ -220,7 +220,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--num-workers", "--num_workers", dest="num_workers", type=int, metavar="N")
     s.add_argument("--existing-videos-dir", "--existing_videos_dir", dest="existing_videos_dir", metavar="DIR",
                    help="scan DIR for existing files first and mark their rows done")
-    from .scan_cli import add_scan_commands
+    from .library.commands import add_scan_commands
     add_scan_commands(sub, common)
     return p
 
@@ -251,7 +251,7 @@ def main(argv: list[str] | None = None, out: TextIO | None = None) -> int:
             return COMMANDS[args.command](args, cfg, out)
         cfg = config_mod.load(path, missing_ok=path is None)
         if args.command not in COMMANDS:
-            from .scan_cli import SCAN_COMMANDS
+            from .library.commands import SCAN_COMMANDS
             return SCAN_COMMANDS[args.command](args, cfg, out)
         return COMMANDS[args.command](args, cfg, out)
     except VideofetchdError as exc:

@@ -20,11 +20,11 @@ from typing import Any
 from . import config as config_mod
 from .config import Config
 from .errors import ConfigError
-from .status import ConfigInfo, ControlServer, ScanStatus, snapshot
-from .store import Store, open_store, redact
-from .slots import pid_alive
-from .supervisor import Supervisor
-from .systemd import Notifier, watchdog_period
+from .control.server import ConfigInfo, ControlServer, ScanStatus, snapshot
+from .queue.store import Store, open_store, redact
+from .workers.slots import pid_alive
+from .workers.supervisor import Supervisor
+from .control.systemd import Notifier, watchdog_period
 
 log = logging.getLogger(__name__)
 STATUS_EVERY_S = 1.0
@@ -70,7 +70,7 @@ class Daemon:
         task = asyncio.create_task(sup.run(), name="supervisor")
         listener = None
         if store.backend == "postgres":
-            from .listen import PgListener
+            from .queue.listen import PgListener
             listener = asyncio.create_task(PgListener(self.cfg.database.url, self._notified).run())
         try:
             await self._wait_ready(task)
@@ -203,7 +203,7 @@ class Daemon:
 
     async def _scan(self, cfg: Config) -> None:
         from .errors import VideofetchdError
-        from .scan import scan_directories
+        from .library.scan import scan_directories
         store = self.store
         assert store is not None
         loop = asyncio.get_running_loop()

@@ -18,10 +18,10 @@ from typing import TextIO
 
 from . import config as config_mod
 from .config import Config
-from .display import format_worker, human_duration
-from .status import ConfigInfo, snapshot
-from .store import open_store
-from .supervisor import Supervisor
+from .control.display import format_worker, human_duration
+from .control.server import ConfigInfo, snapshot
+from .queue.store import open_store
+from .workers.supervisor import Supervisor
 
 log = logging.getLogger(__name__)
 REDRAW_S = 0.5
@@ -74,7 +74,7 @@ async def run_fetch(cfg: Config, *, num_workers: int | None = None, existing_vid
     store = await loop.run_in_executor(None, open_store, cfg.database.url)
     scanned = 0
     if existing_videos_dir is not None:
-        from .scan import scan_directories
+        from .library.scan import scan_directories
         report = await loop.run_in_executor(None, lambda: scan_directories(store, [existing_videos_dir], cfg.scan))
         scanned = report.marked_done
         log.info("scan of %s: %s", existing_videos_dir, report.summary())

@@ -20,7 +20,6 @@ import vfd
 from mediaserver import MediaServer
 from videofetchd import Fetcher
 from videofetchd import config as config_mod
-
 SIZE = 50 * 1024
 GOOD = [f"ok-{i:03d}" for i in range(200)]
 MISSING = ["e404-gone-1", "e404-gone-2", "e404-gone-3"]

@@ -2,7 +2,7 @@
 and how long retries wait.
 
 The error messages classified here are produced by running the real yt-dlp (through
-``videofetchd.download.Downloader``, the code path the workers use) against the local media server.
+``videofetchd.workers.download.Downloader``, the code path the workers use) against the local media server.
 """
 
 from __future__ import annotations
@@ -16,10 +16,10 @@ import pytest
 
 from mediaserver import MediaServer
 from videofetchd.config import DownloadConfig
-from videofetchd.download import Downloader
 from videofetchd.errors import InvalidVideoId
-from videofetchd.jobs import (MAX_ID_LENGTH, ErrorKind, Job, Outcome, backoff_delay, classify, site_of,
-                              throttle_delay, url_for, validate_url, validate_video_id)
+from videofetchd.queue.jobs import (MAX_ID_LENGTH, ErrorKind, Job, Outcome, backoff_delay, classify, site_of,
+                                    throttle_delay, url_for, validate_url, validate_video_id)
+from videofetchd.workers.download import Downloader
 
 TEMPLATE = "http://media.test/v/{id}.mp4"
 

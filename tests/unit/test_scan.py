@@ -11,15 +11,15 @@ from typing import Any, Iterator
 import pytest
 
 from pg import pg_url  # noqa: F401  (fixture)
-from videofetchd import scan
-from videofetchd import walker as walker_mod
+from videofetchd.library import scan
+from videofetchd.library import walker as walker_mod
 from videofetchd.config import ScanConfig
 from videofetchd.errors import InvalidVideoId, VideofetchdError
-from videofetchd.jobs import validate_video_id
-from videofetchd.scan import ScanRootError, Walker, Tally, is_valid_id, scan_directories
-from videofetchd.scan_cli import extractor_for_site, parse_archive_line
-from videofetchd.library import record_archive
-from videofetchd.store import Store, open_store
+from videofetchd.queue.jobs import validate_video_id
+from videofetchd.library.scan import ScanRootError, Walker, Tally, is_valid_id, scan_directories
+from videofetchd.library.commands import extractor_for_site, parse_archive_line
+from videofetchd.library.queries import record_archive
+from videofetchd.queue.store import Store, open_store
 
 CFG = ScanConfig()
 
@@ -571,13 +571,13 @@ def test_a_huge_flat_directory_is_streamed_in_bounded_batches(sqlite_store: Stor
     chunks = list(Walker(CFG, Tally()).walk(str(lib), 25))
     assert len(chunks) >= 10 and sum(map(len, chunks)) == 400  # one directory, many hand-overs
     sizes: list[int] = []
-    real = scan.library.record_files
+    real = scan.queries.record_files
 
     def record(store: Store, files: Any, *args: Any, **kw: Any) -> int:
         sizes.append(len(files))
         return real(store, files, *args, **kw)
 
-    monkeypatch.setattr(scan.library, "record_files", record)
+    monkeypatch.setattr(scan.queries, "record_files", record)
     report = scan_directories(sqlite_store, [lib], CFG)
     assert report.videos_found == 400 and report.created == 400 and max(sizes) <= 70 and sum(sizes) == 400
     r = rows(sqlite_store)

@@ -15,12 +15,12 @@ import psutil
 import pytest
 from helpers import video_tree
 
-from videofetchd import walkproc
+from videofetchd.library import walkproc
 from videofetchd.config import ScanConfig
 from videofetchd.errors import DatabaseUnavailable
-from videofetchd.scan import ScanError, scan_directories
-from videofetchd.store import open_store
-from videofetchd.walkproc import ForkedWalk, SpawnedWalk, WalkMode, start_walk
+from videofetchd.library.scan import ScanError, scan_directories
+from videofetchd.queue.store import open_store
+from videofetchd.library.walkproc import ForkedWalk, SpawnedWalk, WalkMode, start_walk
 
 CFG = ScanConfig()
 
@@ -81,7 +81,7 @@ def test_auto_forks_only_without_other_threads(tmp_path: Path) -> None:
         with start_walk([lib], CFG) as walk:
             assert isinstance(walk, SpawnedWalk)
             (child,) = children()
-            assert child.cmdline()[1:3] == ["-m", "videofetchd.walkproc"]
+            assert child.cmdline()[1:3] == ["-m", "videofetchd.library.walkproc"]
             assert sum(len(chunk or ()) for _, chunk in walk) == 12
     finally:
         stop.set()

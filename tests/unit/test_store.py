@@ -18,9 +18,9 @@ import pytest
 
 from helpers import wait_until
 from pg import fresh_database
-from videofetchd import models
+from videofetchd.queue import models
 from videofetchd.errors import DatabaseUnavailable
-from videofetchd.store import Store, open_store
+from videofetchd.queue.store import Store, open_store
 
 OWNER = "test-node:1"
 LEASE = 60.0
@@ -168,7 +168,7 @@ def test_claim_url_rows_only(store: Store) -> None:
 
 _DRAIN = """
 import json, sys, time, os
-from videofetchd.store import open_store
+from videofetchd.queue.store import open_store
 url, owner, go = sys.argv[1], sys.argv[2], sys.argv[3]
 st = open_store(url, migrate=False)
 st.ping()

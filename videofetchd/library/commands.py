@@ -26,8 +26,8 @@ import time
 from typing import Any, Callable, TextIO
 from urllib.parse import urlsplit
 
-from .config import Config
-from .errors import EXIT_OK, EXIT_USAGE, InvalidVideoId, VideofetchdError
+from ..config import Config
+from ..errors import EXIT_OK, EXIT_USAGE, InvalidVideoId, VideofetchdError
 
 #: url_template host -> yt-dlp extractor key (lowercased) for sites whose key is not the host's name
 _SITE_EXTRACTORS = {"youtube.com": "youtube", "youtu.be": "youtube", "m.youtube.com": "youtube",
@@ -43,12 +43,13 @@ def cmd_scan(args: argparse.Namespace, cfg: Config, out: TextIO) -> int:
     dirs = list(args.dirs) or list(cfg.scan.directories)
     if not dirs:
         raise InvalidVideoId("scan: give directories, or set scan.directories in the configuration")
-    from .logs import setup_logging
+    from ..logs import setup_logging
     setup_logging(cfg.logging.level, verbose=args.verbose)
     from .walkproc import start_walk
     with start_walk(dirs, cfg.scan) as walk:  # it walks while the database layer loads
-        from .scan import ScanReport, ScanRootError, scan_into_store
-        from .store import open_store
+        from .report import ScanReport
+        from .scan import ScanRootError, scan_into_store
+        from ..queue.store import open_store
 
         def show(report: ScanReport) -> None:
             out.write(json.dumps(report.to_dict(), indent=1) + "\n" if args.json else report.summary() + "\n")
@@ -119,8 +120,8 @@ def parse_archive_line(line: str) -> tuple[str, str] | None:
 
 
 def cmd_import_archive(args: argparse.Namespace, cfg: Config, out: TextIO) -> int:
-    from .library import record_archive
-    from .store import open_store
+    from .queries import record_archive
+    from ..queue.store import open_store
     counts = dict.fromkeys(("imported", "created", "already_done", "left", "refused"), 0)
     bad: list[str] = []
 
@@ -160,8 +161,8 @@ def cmd_import_archive(args: argparse.Namespace, cfg: Config, out: TextIO) -> in
 
 
 def cmd_export_archive(args: argparse.Namespace, cfg: Config, out: TextIO) -> int:
-    from .library import iter_done_for_archive
-    from .store import open_store
+    from .queries import iter_done_for_archive
+    from ..queue.store import open_store
     fallback = (args.extractor or extractor_for_site(cfg.download.url_template)).lower()
     written = skipped = 0
     target = None if args.file == "-" else os.path.abspath(args.file)

@@ -15,12 +15,11 @@ import logging
 import os
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass
-from typing import Any
 
-from . import library
-from .config import ScanConfig
-from .store import Store
+from . import queries
+from ..config import ScanConfig
+from ..queue.store import Store
+from .report import ScanReport
 from .walker import MAX_WARNINGS, Found, ScanRootError, Tally, Walker, is_valid_id, show_path
 from .walkproc import ScanError, Walk, WalkMode, dir_prefix, start_walk
 
@@ -30,47 +29,6 @@ __all__ = ["MAX_WARNINGS", "ScanError", "ScanReport", "ScanRootError", "Tally", 
 log = logging.getLogger(__name__)
 
 BATCH_FILES = 5000  #: recognised files per database transaction (sorted by ID, see library.record_files)
-
-
-@dataclass(frozen=True)
-class ScanReport:
-    """What a scan saw and did. ``marked_done`` counts every row that became done, ``created`` included."""
-
-    roots: tuple[str, ...] = ()
-    dry_run: bool = False
-    files_seen: int = 0  #: regular files and other non-directories met by the walk
-    videos_found: int = 0  #: complete video files with a recognised ID
-    marked_done: int = 0  #: rows made done by this scan (queued/failed/missing rows, plus created)
-    created: int = 0  #: of marked_done: IDs the database did not know
-    already_done: int = 0  #: rows that were done already (path filled in or moved when needed)
-    moved: int = 0  #: of already_done: the stored path was gone and now points at this file
-    duplicates: int = 0  #: a second file for an ID whose stored file still exists (kept the stored one)
-    skipped_running: int = 0  #: rows leased by a daemon right now: left alone
-    partial: int = 0  #: .part/.ytdl/.temp/fragment/format-part files and empty video files
-    unrecognized: int = 0  #: video files with no ID by any rule
-    skipped_errors: int = 0  #: unreadable directories, undecodable names, broken sidecars, stat errors
-    missing: int = 0  #: done rows whose file is gone (now 'missing', or would be in a dry run)
-    requeued_missing: int = 0  #: of missing: put back in the queue (scan.requeue_missing)
-    elapsed_s: float = 0.0  #: from the start of scan_into_store (the walk may have started a moment before)
-    warnings: tuple[str, ...] = ()
-
-    def summary(self) -> str:
-        verb = "would mark" if self.dry_run else "marked"
-        text = (f"{self.files_seen} files, {self.videos_found} videos: {verb} {self.marked_done} done "
-                f"({self.created} new), {self.already_done} already done")
-        extras = [(self.moved, "moved"), (self.duplicates, "duplicates"),
-                  (self.skipped_running, "running, left alone"), (self.partial, "partial"),
-                  (self.unrecognized, "without an ID"), (self.skipped_errors, "skipped on errors"),
-                  (self.missing, "missing"), (self.requeued_missing, "requeued")]
-        shown = [f"{n} {what}" for n, what in extras if n]
-        if shown:
-            text += "; " + ", ".join(shown)
-        return text + f" in {self.elapsed_s:.2f}s" + (" (dry run: nothing written)" if self.dry_run else "")
-
-    def to_dict(self) -> dict[str, Any]:
-        d = asdict(self)
-        d["roots"], d["warnings"] = list(self.roots), list(self.warnings)
-        return d
 
 
 def _is_empty(root: str) -> bool:
@@ -111,7 +69,7 @@ def scan_directories(store: Store, directories: Sequence[str | os.PathLike[str]]
 def _scan(store: Store, walk: Walk, *, dry_run: bool, reconcile: bool, allow_empty: bool,
           started: float, progress: Callable[[int], None]) -> ScanReport:
     roots = walk.roots
-    done_under = {r: library.count_done_under(store, dir_prefix(r)) for r in roots}
+    done_under = {r: queries.count_done_under(store, dir_prefix(r)) for r in roots}
     if not allow_empty:
         for r in roots:
             if done_under[r] and _is_empty(r):
@@ -128,7 +86,7 @@ def _scan(store: Store, walk: Walk, *, dry_run: bool, reconcile: bool, allow_emp
             found[root] += len(chunk)
             progress(sum(found.values()))
         while len(batch) >= BATCH_FILES or (batch and chunk is None):
-            matched[root] += library.record_files(store, batch[:BATCH_FILES], db_tally.counts, dry_run=dry_run)
+            matched[root] += queries.record_files(store, batch[:BATCH_FILES], db_tally.counts, dry_run=dry_run)
             del batch[:BATCH_FILES]
         if chunk is None and done_under[root] and not allow_empty and not found[root]:
             refused.append(root)
@@ -148,9 +106,9 @@ def _scan(store: Store, walk: Walk, *, dry_run: bool, reconcile: bool, allow_emp
 
 def _reconcile(store: Store, root: str, cfg: ScanConfig, tally: Tally, *, dry_run: bool, matched: int) -> None:
     prefix = dir_prefix(root)
-    if not dry_run and library.count_done_under(store, prefix) <= matched:
+    if not dry_run and queries.count_done_under(store, prefix) <= matched:
         return  # every done row under the root is a file this walk just saw
-    for page in library.iter_done_under(store, prefix):
+    for page in queries.iter_done_under(store, prefix):
         gone = []
         for row_id, path in page:
             try:
@@ -161,7 +119,7 @@ def _reconcile(store: Store, root: str, cfg: ScanConfig, tally: Tally, *, dry_ru
                 tally.error(f"cannot check {show_path(path)}: {exc.strerror or exc}")
         if not gone:
             continue
-        n = len(gone) if dry_run else library.mark_missing(store, gone, requeue=cfg.requeue_missing)
+        n = len(gone) if dry_run else queries.mark_missing(store, gone, requeue=cfg.requeue_missing)
         tally.add("missing", n)
         if cfg.requeue_missing:
             tally.add("requeued_missing", n)

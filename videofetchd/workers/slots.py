@@ -20,9 +20,9 @@ from typing import Any
 
 import psutil
 
-from . import worker
-from .config import DownloadConfig
-from .jobs import PHASE_NAMES, PHASE_POSTPROCESSING, Job
+from . import child
+from ..config import DownloadConfig
+from ..queue.jobs import PHASE_NAMES, PHASE_POSTPROCESSING, Job
 
 log = logging.getLogger(__name__)
 _ctx: multiprocessing.context.BaseContext | None = None
@@ -33,7 +33,7 @@ def mp_context() -> multiprocessing.context.BaseContext:
     global _ctx
     if _ctx is None:
         ctx = multiprocessing.get_context("forkserver")
-        ctx.set_forkserver_preload(["videofetchd.preload"])  # yt_dlp loaded and compiled once
+        ctx.set_forkserver_preload(["videofetchd.workers.preload"])  # yt_dlp loaded and compiled once
         _ctx = ctx
     return _ctx
 
@@ -62,7 +62,7 @@ class Slot:
 
     def __init__(self, index: int) -> None:
         self.index = index
-        self.shared: Any = mp_context().Array("d", worker.SHARED_LEN, lock=False)
+        self.shared: Any = mp_context().Array("d", child.SHARED_LEN, lock=False)
         self.executor: ProcessPoolExecutor | None = None
         self.future: Future[Any] | None = None
         self.job: Job | None = None
@@ -78,11 +78,11 @@ class Slot:
 
     def start(self, cfg: DownloadConfig, generation: int) -> None:
         """Create the child now and warm its YoutubeDL, so the first job starts at once."""
-        self.shared[worker.PID] = 0
+        self.shared[child.PID] = 0
         self.executor = ProcessPoolExecutor(max_workers=1, mp_context=mp_context(),
-                                            initializer=worker.init_child, initargs=(self.shared, os.getpid()))
+                                            initializer=child.init_child, initargs=(self.shared, os.getpid()))
         self.generation = generation
-        self.warm_future = self.executor.submit(worker.warm, cfg, generation)
+        self.warm_future = self.executor.submit(child.warm, cfg, generation)
         self.kill_sent_at = None
         self.kill_reason = None
 
@@ -93,7 +93,7 @@ class Slot:
             self.executor = None
         self.future = self.warm_future = None
         self.job = None
-        self.shared[worker.PID] = 0  # never signal a pid that may have been reused
+        self.shared[child.PID] = 0  # never signal a pid that may have been reused
 
     def stop_child(self) -> None:
         """Ask an idle child to exit (recycling, shrinking, daemon stop)."""
@@ -104,7 +104,7 @@ class Slot:
 
     @property
     def pid(self) -> int:
-        return int(self.shared[worker.PID])
+        return int(self.shared[child.PID])
 
     @property
     def busy(self) -> bool:
@@ -131,7 +131,7 @@ class Slot:
 
     @property
     def jobs_done(self) -> int:
-        return int(self.shared[worker.JOBS])
+        return int(self.shared[child.JOBS])
 
     def rss(self) -> int:
         try:
@@ -144,11 +144,11 @@ class Slot:
     def submit(self, job: Job, cfg: DownloadConfig, generation: int) -> Future[Any]:
         assert self.executor is not None and self.job is None
         now = time.monotonic()
-        self.shared[worker.BEAT] = now  # the stall clock starts at dispatch
-        self.shared[worker.DONE_BYTES] = 0
-        self.shared[worker.TOTAL_BYTES] = 0
+        self.shared[child.BEAT] = now  # the stall clock starts at dispatch
+        self.shared[child.DONE_BYTES] = 0
+        self.shared[child.TOTAL_BYTES] = 0
         self.job, self.job_cfg, self.started_at = job, cfg, now
-        self.future = self.executor.submit(worker.run_job, job, cfg, generation)
+        self.future = self.executor.submit(child.run_job, job, cfg, generation)
         return self.future
 
     def take_result(self) -> tuple[Job, Future[Any]]:
@@ -161,14 +161,14 @@ class Slot:
     def progress(self, now: float | None = None) -> Progress:
         s = self.shared
         now = time.monotonic() if now is None else now
-        phase = int(s[worker.PHASE])
-        total = int(s[worker.TOTAL_BYTES])
-        speed, eta = float(s[worker.SPEED]), float(s[worker.ETA])
+        phase = int(s[child.PHASE])
+        total = int(s[child.TOTAL_BYTES])
+        speed, eta = float(s[child.SPEED]), float(s[child.ETA])
         return Progress(phase=PHASE_NAMES.get(phase, "idle") if self.busy else "idle",
-                        downloaded_bytes=int(s[worker.DONE_BYTES]) if self.busy else 0,
+                        downloaded_bytes=int(s[child.DONE_BYTES]) if self.busy else 0,
                         total_bytes=total or None, speed_bps=speed or None,
                         eta_s=eta if eta >= 0 else None,
-                        last_progress_age_s=max(0.0, now - float(s[worker.BEAT])),
+                        last_progress_age_s=max(0.0, now - float(s[child.BEAT])),
                         postprocessing=phase == PHASE_POSTPROCESSING)
 
     def kill(self, reason: str, *, grace: float, now: float) -> None:

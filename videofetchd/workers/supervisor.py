@@ -18,13 +18,13 @@ import signal
 import time
 from typing import Any
 
-from .config import Config
-from .dblink import DB_CALL_TIMEOUT_S, DbLink
-from .errors import DatabaseUnavailable, InvalidVideoId
-from .jobs import ErrorKind, Job, Outcome, site_of, url_for
+from ..config import Config
+from ..queue.dblink import DB_CALL_TIMEOUT_S, DbLink
+from ..errors import DatabaseUnavailable, InvalidVideoId
+from ..queue.jobs import ErrorKind, Job, Outcome, site_of, url_for
 from .recorder import Counters, Recorder
 from .slots import Slot, pid_alive, signal_group, stop_helpers, wait_gone
-from .store import Claimed, Store
+from ..queue.store import Claimed, Store
 
 log = logging.getLogger(__name__)
 

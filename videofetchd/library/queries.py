@@ -13,8 +13,8 @@ from collections.abc import Callable, Iterator, Sequence
 from operator import itemgetter
 from typing import Any, NamedTuple
 
-from .jobs import DoneFile
-from .store import Store, db_errors
+from ..queue.jobs import DoneFile
+from ..queue.store import Store, db_errors
 
 PAGE_ROWS = 1000  #: rows per statement and per reconcile page (7000 parameters: SQLite >= 3.32 allows 32766)
 SAMPLE_IDS = 32  #: IDs of a batch looked up to guess whether it is a first import (see _insert_new)

@@ -30,8 +30,8 @@ from collections.abc import Iterator, Sequence
 from types import TracebackType
 from typing import Any, BinaryIO, Literal, NoReturn
 
-from .config import ScanConfig
-from .errors import VideofetchdError
+from ..config import ScanConfig
+from ..errors import VideofetchdError
 from .walker import Found, ScanRootError, Tally, Walker, show_path, utf8_ok
 
 log = logging.getLogger("videofetchd.scan")
@@ -272,7 +272,7 @@ _PACKAGE_PARENT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def _spawned_main(spec: str) -> NoReturn:  # pragma: no cover - runs in the spawned child
-    from .logs import setup_logging
+    from ..logs import setup_logging
     args = json.loads(spec)
     setup_logging(logging.getLevelName(args["log_level"]))
     cfg = ScanConfig(extensions=tuple(args["extensions"]), id_pattern=args["id_pattern"])

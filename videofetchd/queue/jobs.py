@@ -13,7 +13,7 @@ import re
 import urllib.parse
 from dataclasses import dataclass
 
-from .errors import InvalidVideoId
+from ..errors import InvalidVideoId
 
 #: a row to make ``done``: (video_id, file_path, file_size, found_by, extractor). Plain tuples,
 #: because the scanner makes one per file and a tuple costs a fraction of a NamedTuple; defined

@@ -20,8 +20,8 @@ from urllib.parse import urlsplit
 import peewee
 
 from . import models
-from .config import parse_database_url
-from .errors import ConfigError, DatabaseUnavailable
+from ..config import parse_database_url
+from ..errors import ConfigError, DatabaseUnavailable
 from .jobs import throttle_delay
 
 T = TypeVar("T")

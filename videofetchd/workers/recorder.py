@@ -14,9 +14,9 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
-from .config import DownloadConfig
-from .jobs import ErrorKind, Job, Outcome, backoff_delay, site_of
-from .store import Store
+from ..config import DownloadConfig
+from ..queue.jobs import ErrorKind, Job, Outcome, backoff_delay, site_of
+from ..queue.store import Store
 
 log = logging.getLogger(__name__)
 MAX_FAILURES_KEPT = 1000  #: failures remembered for the one-shot summary (newest kept)

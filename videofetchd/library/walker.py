@@ -19,14 +19,11 @@ import re
 import stat
 from collections.abc import Iterator
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
 
-from .config import ScanConfig
-from .errors import VideofetchdError
-from .jobs import ID_RE, MAX_ID_LENGTH, DoneFile
-
-if TYPE_CHECKING:
-    from .scan import ScanReport
+from ..config import ScanConfig
+from ..errors import VideofetchdError
+from ..queue.jobs import ID_RE, MAX_ID_LENGTH, DoneFile
+from .report import ScanReport
 
 log = logging.getLogger("videofetchd.scan")
 

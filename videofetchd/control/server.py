@@ -19,11 +19,11 @@ from collections.abc import Awaitable, Callable
 from dataclasses import asdict, dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from . import __version__
+from .. import __version__
 from .protocol import MAX_LINE, PRIVILEGED, PROTOCOL_VERSION, ProtocolError, decode_request, encode, error_reply
 
 if TYPE_CHECKING:
-    from .supervisor import Supervisor
+    from ..workers.supervisor import Supervisor
 
 log = logging.getLogger(__name__)
 Handler = Callable[[dict[str, Any]], Awaitable[dict[str, Any]]]

@@ -7,6 +7,6 @@ after every recycle).
 
 from __future__ import annotations
 
-from . import download, worker  # noqa: F401  (loaded here so that children inherit them)
+from . import child, download  # noqa: F401  (loaded here so that children inherit them)
 
 download.warm_imports()

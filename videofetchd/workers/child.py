@@ -20,8 +20,8 @@ from collections.abc import MutableSequence
 
 from typing import TYPE_CHECKING
 
-from .config import DownloadConfig
-from .jobs import PHASE_DOWNLOADING, PHASE_IDLE, ErrorKind, Job, Outcome
+from ..config import DownloadConfig
+from ..queue.jobs import PHASE_DOWNLOADING, PHASE_IDLE, ErrorKind, Job, Outcome
 
 if TYPE_CHECKING:
     from .download import Downloader

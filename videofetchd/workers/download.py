@@ -16,8 +16,8 @@ from typing import Any, Protocol
 import yt_dlp
 from yt_dlp.utils import DownloadError
 
-from .config import DownloadConfig
-from .jobs import PHASE_EXTRACTING, PHASE_IDLE, PHASE_POSTPROCESSING, ErrorKind, Job, Outcome, classify
+from ..config import DownloadConfig
+from ..queue.jobs import PHASE_EXTRACTING, PHASE_IDLE, PHASE_POSTPROCESSING, ErrorKind, Job, Outcome, classify
 
 #: YoutubeDL params videofetchd sets itself; ``download.ytdlp`` may not override them
 RESERVED_PARAMS = frozenset({"progress_hooks", "postprocessor_hooks", "logger", "paths", "outtmpl",

@@ -17,7 +17,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
-from .errors import DatabaseUnavailable
+from ..errors import DatabaseUnavailable
 from .jobs import Job, Outcome
 
 log = logging.getLogger("videofetchd.supervisor")
