@@ -104,6 +104,7 @@ def snapshot(sup: Supervisor, info: ConfigInfo, scan: ScanStatus | None = None) 
         "queue": dict(sup.queue_counts),
         "counters": asdict(sup.counters),
         "site_pauses": {s: round(u - now, 1) for s, u in sup.site_pauses.items() if u > now},
+        "identities": sup.egress.status(sup.cfg.download, now),
         "scan": scan.to_dict(now) if scan is not None else None,
         "notes": notes,
     }
