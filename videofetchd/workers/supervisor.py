@@ -333,12 +333,12 @@ class Supervisor:
         poll = cfg.database.poll_interval
         try:
             claimed, budget_in = await self.egress.claim(cfg, self.owner, len(idle), now)
-            if len(claimed) < len(idle):
-                self._next_claim = now + min(poll, budget_in or poll)
+            if len(claimed) < len(idle):  # the next token of a budget may come before the next poll
+                self._next_claim = now + (poll if budget_in is None else min(poll, budget_in))
                 if self.one_shot and not claimed and not any(s.busy for s in self.slots):
                     left = await self.db(self.store.next_eligible_in)
                     self.drained = left is None
-                    if left is not None:
+                    if left:  # (0: rows are eligible but wait for a budget or a pause: as above)
                         self._next_claim = now + min(max(left, budget_in or 0.0), poll)
             for c, slot in zip(claimed, idle):
                 await self._start(c, slot, now, cfg.download, generation)
