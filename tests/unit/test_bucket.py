@@ -85,3 +85,13 @@ def test_changed_reports_the_drawn_buckets() -> None:
         p.take(SITE)
     drawn = {(name, site): (b.tokens, n) for name, site, b, n in p.changed()}
     assert drawn == {("a", SITE): (1.0, 2), ("b", SITE): (2.0, 1)}
+
+
+def test_a_refund_gives_back_what_take_drew() -> None:
+    p = planner(Limits("a", per_hour=3600, burst=2, max_concurrent=5))
+    assert p.take(SITE) == "a" and p.take(SITE) == "a"
+    p.refund("a", SITE)
+    assert [(n, s, b.tokens, k) for n, s, b, k in p.changed()] == [("a", SITE, 1.0, 1)]
+    assert p.running["a"] == 1
+    p.refund("a", SITE)
+    assert list(p.changed()) == []

@@ -204,3 +204,23 @@ def test_migration_from_version_2_keeps_the_rows(db_url: str) -> None:
         assert st.migrate() == models.SCHEMA_VERSION  # the migration may run twice
     finally:
         st.close()
+
+
+@pytest.mark.postgres
+def test_a_row_locked_by_another_session_is_skipped_without_waiting_or_losing_a_token(pg_database: str) -> None:
+    import psycopg2
+    drop_schema(pg_database)
+    st = open_store(pg_database)
+    other = psycopg2.connect(pg_database)
+    try:
+        st.add([("v0", None), ("v1", None)])
+        with other.cursor() as cur:  # e.g. a scan about to mark v0 done, inside its transaction
+            cur.execute("SELECT id FROM videos WHERE video_id = 'v0' FOR UPDATE")
+        limits = [Limits("a", per_hour=3600, burst=1)]
+        assert claim(st, limits, limit=1).claimed == []  # v0 was chosen but is locked: skipped, no wait
+        assert buckets(st) == {}  # its token was given back
+        other.rollback()
+        assert [c.video_id for c in claim(st, limits, limit=1).claimed] == ["v0"]
+    finally:
+        other.close()
+        st.close()

@@ -111,6 +111,18 @@ class Planner:
         self.taken[key] = self.taken.get(key, 0) + 1
         return lim.name
 
+    def refund(self, name: str, site: str) -> None:
+        """Undo one take(): its row was taken by another claimer between choice and update."""
+        lim = next(x for x in self.limits if x.name == name)
+        key = (name, site)
+        b = self.buckets[key]
+        b.tokens += 1.0 if lim.per_hour else 0.0
+        b.started -= 1
+        self.running[name] -= 1
+        self.taken[key] -= 1
+        if not self.taken[key]:
+            del self.taken[key]
+
     def _started(self, name: str, site: str) -> int:
         b = self.buckets.get((name, site))
         return b.started if b else 0

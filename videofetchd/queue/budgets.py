@@ -2,10 +2,11 @@
 
 Every statement about ``identity_budget`` lives here. A claim under identities is one
 transaction (PostgreSQL: behind a transaction-level advisory lock, so the budgeted claims of
-every daemon take turns, while candidate rows still come ``FOR UPDATE SKIP LOCKED``; SQLite:
+every daemon take turns, while rows are still locked ``FOR UPDATE SKIP LOCKED``; SQLite:
 ``BEGIN IMMEDIATE``). Inside it: the database clock, the buckets of the configured identities,
-their running jobs and the site pauses are read; candidate rows are picked from the queue
-index; each gets an identity with budget (``bucket.Planner``) or stays queued; rows and buckets
+their running jobs and the site pauses are read; candidate rows are read from the queue index;
+each gets an identity with budget (``bucket.Planner``) or stays queued; the chosen rows alone
+are locked and updated (a row another claimer took meanwhile gives its token back); buckets
 are written. So every daemon and a one-shot ``fetch`` on the same database draw from the same
 buckets, and a row is claimed only together with an identity that may start it.
 The rules themselves (tokens, choice of identity) are in the pure ``bucket`` module.
@@ -104,9 +105,8 @@ def claim(store: Store, owner: str, limit: int, lease_s: float, limits: Sequence
             return ClaimResult([], None)
         home_wait = planner.wait(home)
         only_urls = " AND url IS NOT NULL" if home_wait is None or home_wait > 0 else ""
-        lock = " FOR UPDATE SKIP LOCKED" if store.backend == "postgres" else ""
         rows = _q(store, f"SELECT id, video_id, url FROM videos WHERE status = 'queued' AND run_after <= ?{only_urls} "
-                         f"ORDER BY run_after, id LIMIT ?{lock}", [now, limit + CANDIDATE_SLACK])
+                         "ORDER BY run_after, id LIMIT ?", [now, limit + CANDIDATE_SLACK])
         sites: dict[int, str | None] = {}
         for row_id, video_id, url in rows:
             try:
@@ -132,12 +132,14 @@ def claim(store: Store, owner: str, limit: int, lease_s: float, limits: Sequence
         sets = (f"status = 'running', lease_owner = ?, claim_token = ?, lease_expires = {store.now} + ?, "
                 f"attempts = attempts + 1, updated_at = {store.now}, identity = ?")
         for name, ids in chosen.items():
-            got = _q(store, f"UPDATE videos SET {sets} WHERE id IN ({_marks(ids)}) AND status = 'queued' "
-                            "RETURNING id, video_id, url, attempts", [owner, token, lease_s, name, *ids])
+            got = _update_free(store, sets, [owner, token, lease_s, name], ids,
+                               ("id", "video_id", "url", "attempts"))
             claimed += [Claimed(r[0], r[1], r[2], r[3], token, name) for r in got]
+            for row_id in set(ids) - {r[0] for r in got}:
+                if name is not None:
+                    planner.refund(name, sites[row_id] or "")
         for wait, ids in deferred.items():
-            _q(store, f"UPDATE videos SET run_after = ? WHERE id IN ({_marks(ids)}) AND status = 'queued'",
-               [now + wait, *ids])
+            _update_free(store, "run_after = ?", [now + wait], ids)
         for name, site, b, n in planner.changed():
             _q(store, f"INSERT INTO identity_budget ({_BUCKET_COLS}) VALUES (?, ?, ?, ?, 0, 0, NULL, ?) "
                       "ON CONFLICT (identity, site) DO UPDATE SET tokens = excluded.tokens, "
@@ -145,6 +147,19 @@ def claim(store: Store, owner: str, limit: int, lease_s: float, limits: Sequence
                [name, site, b.tokens, b.updated, n])
     retry = planner.wait(home)
     return ClaimResult(sorted(claimed, key=lambda c: c.row_id), retry or None)
+
+
+def _update_free(store: Store, sets: str, params: list[Any], ids: list[int],
+                 returning: Sequence[str] = ()) -> list[tuple[Any, ...]]:
+    """UPDATE the rows ``ids`` that are still queued and not locked by anyone else; returns the
+    ``returning`` columns of the rows updated."""
+    pick = f"SELECT id FROM videos WHERE id IN ({_marks(ids)}) AND status = 'queued'"
+    if store.backend == "postgres":
+        back = f" RETURNING {', '.join('v.' + c for c in returning)}" if returning else ""
+        return _q(store, f"WITH c AS MATERIALIZED ({pick} FOR UPDATE SKIP LOCKED) "
+                         f"UPDATE videos v SET {sets} FROM c WHERE v.id = c.id{back}", [*ids, *params])
+    back = f" RETURNING {', '.join(returning)}" if returning else ""
+    return _q(store, f"UPDATE videos SET {sets} WHERE id IN ({pick}){back}", [*params, *ids])
 
 
 @db_errors
