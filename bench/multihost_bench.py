@@ -10,7 +10,10 @@ claims:   ``store.claim(owner, n, lease)`` in a loop (batches of 1 and of 8, eac
           its size; median of --reps runs) on a queue of 1,000 and of 1,000,000 rows, SQLite and
           PostgreSQL; prints claims/s
           and the large queue's rate relative to the small one (target: within 20%), with the
-          claim query's plan on the large queue.
+          claim query's plan on the large queue. The same with --identities egress identities
+          (``budgets.claim``: each row drawn from a token bucket in the same transaction; budgets
+          too large to run out), and the cost of a claim that finds no budget left for the
+          url_template's site (it then looks only at rows with their own URL: none here).
 latency:  an idle daemon (poll_interval 30s) and one new row: time from the row's commit to the
           media server's first GET for it. PostgreSQL: plain-SQL INSERT (trigger -> NOTIFY ->
           LISTEN). SQLite: ``videofetchctl add`` (nudge over the control socket), measured both
@@ -53,6 +56,8 @@ import yaml  # noqa: E402
 from helpers import wait_until  # noqa: E402
 from mediaserver import MediaServer, parse_size  # noqa: E402
 from videofetchd import ctl as vctl  # noqa: E402
+from videofetchd.queue import budgets  # noqa: E402
+from videofetchd.queue.bucket import Limits  # noqa: E402
 from videofetchd.queue.store import open_store  # noqa: E402
 
 PY = str(REPO / ".venv" / "bin" / "python")
@@ -145,13 +150,24 @@ def explain(url: str, store: Any) -> list[str]:
     return plan
 
 
-def claim_run(store: Any, batch: int, rows_wanted: int) -> tuple[float, float, int]:
+TEMPLATE = "https://www.youtube.com/watch?v={id}"
+
+
+def identity_limits(n: int, per_hour: int) -> list[Limits]:
+    return [Limits(f"ip{i}", per_hour=per_hour, burst=64) for i in range(n)]
+
+
+def claim_run(store: Any, batch: int, rows_wanted: int, identities: int = 0) -> tuple[float, float, int]:
     """Claim ``rows_wanted`` rows in batches, finishing each; returns (claim_s, finish_s, claims)."""
     claim_s = finish_s = 0.0
     claims = got = 0
+    limits = identity_limits(identities, 10**9)  # a budget that never runs out: every claim draws tokens
     while got < rows_wanted:
         t0 = time.perf_counter()
-        rows = store.claim("bench:1", batch, 60.0)
+        if identities:
+            rows = budgets.claim(store, "bench:1", batch, 60.0, limits, TEMPLATE).claimed
+        else:
+            rows = store.claim("bench:1", batch, 60.0)
         t1 = time.perf_counter()
         for r in rows:
             store.finish(r.row_id, r.claim_token, file_path="/x", file_size=1, extractor="bench")
@@ -167,10 +183,23 @@ def claim_run(store: Any, batch: int, rows_wanted: int) -> tuple[float, float, i
     return claim_s, finish_s, claims
 
 
+def empty_claims(store: Any, identities: int, n: int) -> float:
+    """Seconds per budgeted claim while the url_template's site has no budget left."""
+    limits = [Limits(f"dry{i}", per_hour=1) for i in range(identities)]
+    while budgets.claim(store, "bench:1", 8, 60.0, limits, TEMPLATE).claimed:
+        pass  # spend each bucket's one token (then one per hour)
+    t0 = time.perf_counter()
+    for _ in range(n):
+        if budgets.claim(store, "bench:1", 8, 60.0, limits, TEMPLATE).claimed:
+            raise RuntimeError("a dry budget claimed a row")
+    return (time.perf_counter() - t0) / n
+
+
 def bench_claims(args: argparse.Namespace) -> bool:
     sizes = [int(s) for s in args.sizes.split(",")]
     ok = True
-    results: dict[tuple[str, int, int], float] = {}
+    results: dict[tuple[str, int, int, int], float] = {}
+    dry_rows: list[list[Any]] = []
     rows_out: list[list[Any]] = []
     plans: list[tuple[str, list[str]]] = []
     with tempfile.TemporaryDirectory(prefix="vfd-claims-") as tmpname:
@@ -181,35 +210,43 @@ def bench_claims(args: argparse.Namespace) -> bool:
                     store = open_store(url)
                     fill_s = fill(url, size)
                     claim_run(store, 1, 20)  # warm-up (connection, caches, plan)
-                    for batch, n_rows in ((1, args.rows), (8, args.rows)):
-                        runs = sorted((claim_run(store, batch, n_rows) for _ in range(args.reps)),
-                                      key=lambda r: r[2] / r[0])
-                        claim_s, finish_s, claims = runs[len(runs) // 2]  # the median run
-                        rate = claims / claim_s
-                        results[(backend, size, batch)] = rate
-                        rows_out.append([backend, f"{size:,}", batch, claims, f"{rate:,.0f}",
-                                         f"{claim_s / claims * 1e3:.2f}", f"{claims * batch / claim_s:,.0f}",
-                                         f"{claims * batch / (claim_s + finish_s):,.0f}", f"{fill_s:.1f}"])
+                    for idents in sorted({0, args.identities}):
+                        for batch, n_rows in ((1, args.rows), (8, args.rows)):
+                            runs = sorted((claim_run(store, batch, n_rows, idents) for _ in range(args.reps)),
+                                          key=lambda r: r[2] / r[0])
+                            claim_s, finish_s, claims = runs[len(runs) // 2]  # the median run
+                            rate = claims / claim_s
+                            results[(backend, size, batch, idents)] = rate
+                            rows_out.append([backend, f"{size:,}", idents or "-", batch, claims, f"{rate:,.0f}",
+                                             f"{claim_s / claims * 1e3:.2f}", f"{claims * batch / claim_s:,.0f}",
+                                             f"{claims * batch / (claim_s + finish_s):,.0f}", f"{fill_s:.1f}"])
+                    if args.identities:
+                        dry = empty_claims(store, args.identities, max(50, args.rows // 8))
+                        dry_rows.append([backend, f"{size:,}", args.identities, f"{dry * 1e3:.2f}"])
                     if size == max(sizes):
                         plans.append((f"{backend}, {size:,} rows", explain(url, store)))
                     store.close()
-    table("claim throughput (store.claim in a loop; each claimed row then finished)",
-          ["backend", "queued rows", "batch", "claims", "claims/s", "ms/claim", "rows/s claimed",
-           "rows/s claim+finish", "fill s"], rows_out)
+    table("claim throughput (store.claim, or budgets.claim with identities, in a loop; each claimed row "
+          "then finished)", ["backend", "queued rows", "identities", "batch", "claims", "claims/s", "ms/claim",
+                             "rows/s claimed", "rows/s claim+finish", "fill s"], rows_out)
+    if dry_rows:
+        table("a budgeted claim while the url_template's site has no budget left (nothing to claim)",
+              ["backend", "queued rows", "identities", "ms/claim"], dry_rows)
     rel_rows = []
     small, large = min(sizes), max(sizes)
     for backend in args.backends.split(","):
-        for batch in (1, 8):
-            a, b = results.get((backend, small, batch)), results.get((backend, large, batch))
-            if a and b and small != large:
-                ratio = b / a
-                passed = ratio >= CLAIM_TARGET
-                ok &= passed
-                rel_rows.append([backend, batch, f"{a:,.0f}", f"{b:,.0f}", f"{ratio:.2f}",
-                                 "PASS" if passed else "MISS"])
+        for idents in sorted({0, args.identities}):
+            for batch in (1, 8):
+                a, b = results.get((backend, small, batch, idents)), results.get((backend, large, batch, idents))
+                if a and b and small != large:
+                    ratio = b / a
+                    passed = ratio >= CLAIM_TARGET
+                    ok &= passed
+                    rel_rows.append([backend, idents or "-", batch, f"{a:,.0f}", f"{b:,.0f}", f"{ratio:.2f}",
+                                     "PASS" if passed else "MISS"])
     if rel_rows:
         table(f"large queue ({large:,}) vs small queue ({small:,}), target >= {CLAIM_TARGET:.2f}",
-              ["backend", "batch", "small claims/s", "large claims/s", "ratio", "result"], rel_rows)
+              ["backend", "identities", "batch", "small claims/s", "large claims/s", "ratio", "result"], rel_rows)
     for title, plan in plans:
         print(f"\nclaim query plan ({title}):")
         for line in plan:
@@ -549,6 +586,7 @@ def main() -> int:
     p.add_argument("--backends", default="sqlite,postgres")
     p.add_argument("--rows", type=int, default=1600, help="rows claimed per measurement")
     p.add_argument("--reps", type=int, default=3, help="measurements per case (the median is shown)")
+    p.add_argument("--identities", type=int, default=3, help="claims: also with this many identities (0: not)")
     p.add_argument("--samples", type=int, default=20)
     p.add_argument("--files", type=int, default=48)
     p.add_argument("--size", default="1MiB")

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import ipaddress
 import math
 import os
 import re
@@ -51,6 +52,22 @@ class DatabaseConfig:
 
 
 @dataclass(frozen=True)
+class Identity:
+    """One egress identity: a local address, a proxy or an account, with a budget per site.
+
+    Budgets live in the database under ``name``, so every daemon that names an identity the
+    same shares its budget (give it the same limits everywhere).
+    """
+
+    name: str = ""  # letters, digits, - _ . ; the key of its budgets in the database
+    source_address: str = ""  # local IP to bind to (yt-dlp's source_address); empty = the system's choice
+    ytdlp: dict[str, Any] = field(default_factory=dict)  # YoutubeDL params over download.ytdlp (proxy, cookiefile)
+    max_per_hour: int = _int(0, minimum=0)  # job starts per site per rolling hour, spread evenly; 0 = no budget
+    burst: int = _int(1, minimum=1)  # starts allowed back to back (the token bucket's size)
+    max_concurrent: int = _int(0, minimum=0)  # jobs at once over all sites; 0 = only download.workers limits
+
+
+@dataclass(frozen=True)
 class DownloadConfig:
     directory: str = "/var/lib/videofetchd/videos"
     url_template: str = "https://www.youtube.com/watch?v={id}"
@@ -71,6 +88,20 @@ class DownloadConfig:
     crash_limit: int = _int(5, minimum=1)  # child deaths within crash_window that pause claiming
     crash_window: float = _duration(60.0, minimum=1.0)
     ytdlp: dict[str, Any] = field(default_factory=dict)  # extra YoutubeDL params, passed through
+    identities: tuple[Identity, ...] = ()  # egress identities with budgets; none = one implicit identity
+
+    def identity(self, name: str | None) -> Identity | None:
+        return next((i for i in self.identities if i.name == name), None) if name else None
+
+    def ytdlp_params(self, identity: str | None) -> dict[str, Any]:
+        """``ytdlp`` with the named identity's overrides and source address on top."""
+        ident = self.identity(identity)
+        if ident is None:
+            return dict(self.ytdlp)
+        params = {**self.ytdlp, **ident.ytdlp}
+        if ident.source_address:
+            params["source_address"] = ident.source_address
+        return params
 
 
 @dataclass(frozen=True)
@@ -167,6 +198,11 @@ class _Loader:
         kind = f.metadata.get("kind")
         if dataclasses.is_dataclass(hint):
             return self.build(hint, value, path)  # type: ignore[arg-type]
+        item = (get_args(hint) or (None,))[0]
+        if get_origin(hint) is tuple and dataclasses.is_dataclass(item):
+            if not isinstance(value, list):
+                raise self.error(path, f"expected a list of mappings, got {_show(value)}")
+            return tuple(self.build(item, v, f"{path}[{i}]") for i, v in enumerate(value))  # type: ignore[arg-type]
         if kind == "mode" and isinstance(value, int) and not isinstance(value, bool):
             value = format(value, "04o")  # YAML 1.1 read an unquoted 0660 as the octal number 432
         try:
@@ -259,6 +295,7 @@ def _validate(cfg: Config, loader: _Loader) -> None:
         raise loader.error("download.output_template", "must be relative to download.directory")
     if cfg.download.postprocess_timeout < cfg.download.stall_timeout:
         raise loader.error("download.postprocess_timeout", "must be >= download.stall_timeout")
+    _validate_identities(cfg.download.identities, loader)
     if cfg.scan.id_pattern:
         try:
             rx = re.compile(cfg.scan.id_pattern)
@@ -266,6 +303,31 @@ def _validate(cfg: Config, loader: _Loader) -> None:
             raise loader.error("scan.id_pattern", f"invalid regular expression: {exc}") from None
         if "id" not in rx.groupindex:
             raise loader.error("scan.id_pattern", "needs a named group (?P<id>...)")
+
+
+_IDENTITY_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")
+
+
+def _validate_identities(identities: tuple[Identity, ...], loader: _Loader) -> None:
+    """Names are keys in the database and labels in status: required, plain and unique."""
+    seen: set[str] = set()
+    for i, ident in enumerate(identities):
+        path = f"download.identities[{i}]"
+        if not _IDENTITY_NAME.fullmatch(ident.name):
+            problem = "is required" if not ident.name else f"expected letters, digits, - _ . (at most 64), " \
+                f"got {ident.name!r}"
+            raise loader.error(f"{path}.name", problem)
+        if ident.name in seen:
+            raise loader.error(f"{path}.name", f"duplicate identity name {ident.name!r}")
+        seen.add(ident.name)
+        if ident.source_address:
+            try:
+                ipaddress.ip_address(ident.source_address)
+            except ValueError:
+                raise loader.error(f"{path}.source_address",
+                                   f"expected a local IP address, got {ident.source_address!r}") from None
+        if "source_address" in ident.ytdlp:
+            raise loader.error(f"{path}.ytdlp.source_address", f"set {path}.source_address instead")
 
 
 def parse_database_url(url: str) -> tuple[str, dict[str, Any]]:

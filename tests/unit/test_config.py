@@ -260,6 +260,42 @@ def test_ytdlp_params_pass_through(tmp_path: Path) -> None:
     assert cfg.download.ytdlp == {"format": "b", "ratelimit": 5000000}
 
 
+def test_identities_are_frozen_and_their_ytdlp_goes_over_the_shared_one(tmp_path: Path) -> None:
+    cfg = config.load(write(tmp_path, {"download": {
+        "ytdlp": {"format": "b", "proxy": "http://shared:3128"},
+        "identities": [{"name": "v4-home", "source_address": "192.0.2.10", "max_per_hour": 300},
+                       {"name": "acct.2", "ytdlp": {"proxy": "socks5://p:1080", "cookiefile": "/c.txt"},
+                        "burst": 3, "max_concurrent": 2}]}}))
+    a, b = cfg.download.identities
+    assert (a.name, a.max_per_hour, a.burst, a.max_concurrent) == ("v4-home", 300, 1, 0)
+    assert cfg.download.ytdlp_params("v4-home") == {"format": "b", "proxy": "http://shared:3128",
+                                                    "source_address": "192.0.2.10"}
+    assert cfg.download.ytdlp_params("acct.2") == {"format": "b", "proxy": "socks5://p:1080", "cookiefile": "/c.txt"}
+    assert cfg.download.ytdlp_params(None) == cfg.download.ytdlp
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        a.max_per_hour = 1  # type: ignore[misc]
+
+
+@pytest.mark.parametrize("identities, where, problem", [
+    ({"a": {}}, "download.identities", "expected a list of mappings"),
+    (["a"], "download.identities[0]", "expected a mapping"),
+    ([{"source_address": "127.0.0.2"}], "download.identities[0].name", "is required"),
+    ([{"name": "a"}, {"name": "a"}], "download.identities[1].name", "duplicate identity name 'a'"),
+    ([{"name": "a b"}], "download.identities[0].name", "expected letters, digits"),
+    ([{"name": "a", "source_address": "eth0"}], "download.identities[0].source_address", "a local IP address"),
+    ([{"name": "a", "max_per_hour": -1}], "download.identities[0].max_per_hour", "an integer >= 0"),
+    ([{"name": "a", "burst": 0}], "download.identities[0].burst", "an integer >= 1"),
+    ([{"name": "a", "max_per_hour": "lots"}], "download.identities[0].max_per_hour", "expected an integer"),
+    ([{"name": "a", "ytdlp": {"source_address": "10.0.0.1"}}], "download.identities[0].ytdlp.source_address",
+     "set download.identities[0].source_address instead"),
+    ([{"name": "a", "max_per_hr": 5}], "download.identities[0].max_per_hr", "did you mean 'max_per_hour'"),
+])
+def test_bad_identities_name_the_key_path(tmp_path: Path, identities: Any, where: str, problem: str) -> None:
+    msg, path = load_error(tmp_path, {"download": {"identities": identities}})
+    assert msg.startswith(f"{path}: {where}: "), msg
+    assert problem in msg
+
+
 def test_config_is_frozen(tmp_path: Path) -> None:
     cfg = config.load(write(tmp_path, {}))
     with pytest.raises(dataclasses.FrozenInstanceError):

@@ -52,6 +52,26 @@ def format_worker(w: dict[str, Any]) -> str:
             f"last progress {w.get('last_progress_age_s', 0):.1f}s ago")
 
 
+def format_identity(ident: dict[str, Any]) -> list[str]:
+    """An identity's line (address or proxy, running jobs, budget) and one line per site it used."""
+    via = ident.get("source_address") or ident.get("proxy") or "default route"
+    limit = f"/{ident['max_concurrent']}" if ident.get("max_concurrent") else ""
+    budget = (f"budget {ident['max_per_hour']}/h, burst {ident.get('burst', 1)}" if ident.get("max_per_hour")
+              else "no budget")
+    lines = [f"  {ident['name']:<12} via {via:<22} running {ident.get('running', 0)}{limit:<4} {budget}"]
+    for site in (ident.get("sites") or [])[:8]:
+        if site.get("paused_s"):
+            left = f"PAUSED {human_duration(site['paused_s'])} (strike {site.get('strikes', 1)}: " \
+                   f"{(site.get('reason') or 'throttled')[:60]})"
+        elif site.get("tokens") is None:
+            left = "not budgeted"
+        else:
+            wait = f", next in {human_duration(site.get('next_token_s'))}" if site.get("next_token_s") else ""
+            left = f"budget left {site['tokens']:.2f}/{ident.get('burst', 1)}{wait}"
+        lines.append(f"      {site['site'][:30]:<30} {left}; started {site.get('started', 0)}")
+    return lines
+
+
 def format_status(st: dict[str, Any]) -> str:
     """The multi-line text of ``videofetchctl status``."""
     lines = [f"videofetchd {st.get('version', '')} pid {st.get('pid')} on {st.get('node', '?')}: "
@@ -77,6 +97,11 @@ def format_status(st: dict[str, Any]) -> str:
     lines.append("queue: " + ", ".join(f"{k} {v}" for k, v in q.items()))
     c = st.get("counters") or {}
     lines.append("counters: " + ", ".join(f"{k} {v}" for k, v in c.items()))
+    identities = st.get("identities") or []
+    if identities:
+        lines.append(f"identities ({len(identities)}):")
+        for ident in identities:
+            lines.extend(format_identity(ident))
     workers = st.get("workers") or []
     lines.append(f"workers ({len(workers)}):")
     lines.extend(format_worker(w) for w in workers)

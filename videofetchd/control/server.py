@@ -73,13 +73,13 @@ def snapshot(sup: Supervisor, info: ConfigInfo, scan: ScanStatus | None = None) 
                                                                 else "restarting")}
         if slot.job is not None:
             p = slot.progress(now)
-            w.update(video_id=slot.job.video_id, attempt=slot.job.attempt, phase=p.phase,
+            w.update(video_id=slot.job.video_id, attempt=slot.job.attempt, identity=slot.job.identity, phase=p.phase,
                      downloaded_bytes=p.downloaded_bytes, total_bytes=p.total_bytes,
                      speed_bps=p.speed_bps, eta_s=p.eta_s,
                      last_progress_age_s=round(p.last_progress_age_s, 2),
                      running_s=round(now - slot.started_at, 1))
         else:  # the same keys for every worker, so scripts need no special case
-            w.update(video_id=None, attempt=None, phase="idle", downloaded_bytes=0, total_bytes=None,
+            w.update(video_id=None, attempt=None, identity=None, phase="idle", downloaded_bytes=0, total_bytes=None,
                      speed_bps=None, eta_s=None, last_progress_age_s=None, running_s=None)
         if slot.retiring:
             w["retiring"] = True
@@ -104,6 +104,7 @@ def snapshot(sup: Supervisor, info: ConfigInfo, scan: ScanStatus | None = None) 
         "queue": dict(sup.queue_counts),
         "counters": asdict(sup.counters),
         "site_pauses": {s: round(u - now, 1) for s, u in sup.site_pauses.items() if u > now},
+        "identities": sup.egress.status(sup.cfg.download, now),
         "scan": scan.to_dict(now) if scan is not None else None,
         "notes": notes,
     }

@@ -52,6 +52,7 @@ class Job:
     url: str
     attempt: int
     claim_token: str
+    identity: str | None = None  #: the egress identity (download.identities) it runs under
 
 
 @dataclass(frozen=True)

@@ -13,7 +13,7 @@ import enum
 
 import peewee
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 4
 NOTIFY_CHANNEL = "videofetchd_queue"
 
 db_proxy = peewee.DatabaseProxy()
@@ -55,6 +55,7 @@ class Video(peewee.Model):
     lease_owner = peewee.TextField(null=True)
     claim_token = peewee.TextField(null=True)
     lease_expires = peewee.DoubleField(null=True)
+    identity = peewee.TextField(null=True)
     created_at = peewee.DoubleField()
     updated_at = peewee.DoubleField()
     finished_at = peewee.DoubleField(null=True)
@@ -136,5 +137,32 @@ def schema_v2(backend: str) -> list[str]:
     ]
 
 
-#: version -> DDL builder; a release that changes the schema appends one entry
-MIGRATIONS = {1: schema_v1, 2: schema_v2}
+def schema_v4(backend: str) -> list[str]:
+    """Egress identities: which identity a row ran under, and one budget row per identity and
+    site (token bucket, throttling pause, jobs started), shared by every daemon on the database.
+    An index of queued rows with their own URL keeps a claim cheap while the url_template's
+    site has no budget left (it then skips the template rows)."""
+    now = NOW_SQL[backend]
+    dbl = "REAL" if backend == "sqlite" else "DOUBLE PRECISION"
+    exists = "" if backend == "sqlite" else "IF NOT EXISTS "  # SQLite: migrate() tolerates a duplicate
+    return [
+        f"ALTER TABLE videos ADD COLUMN {exists}identity TEXT",
+        f"""CREATE TABLE IF NOT EXISTS identity_budget (
+            identity TEXT NOT NULL,
+            site TEXT NOT NULL,
+            tokens {dbl} NOT NULL DEFAULT 0,
+            updated {dbl} NOT NULL DEFAULT {now},
+            paused_until {dbl} NOT NULL DEFAULT 0,
+            strikes INTEGER NOT NULL DEFAULT 0,
+            reason TEXT,
+            started BIGINT NOT NULL DEFAULT 0,
+            PRIMARY KEY (identity, site)
+        )""",
+        "CREATE INDEX IF NOT EXISTS videos_queued_url ON videos (run_after, id) "
+        "WHERE status = 'queued' AND url IS NOT NULL",
+    ]
+
+
+#: version -> DDL builder; a release that changes the schema adds one entry (versions may have
+#: gaps while branches are merged: migrate() applies the ones it has, in order)
+MIGRATIONS = {1: schema_v1, 2: schema_v2, 4: schema_v4}

@@ -27,7 +27,7 @@ from .jobs import throttle_delay
 T = TypeVar("T")
 _ADD_BATCH = 500
 LIST_FIELDS = ("video_id", "status", "attempts", "last_error", "file_path", "file_size", "url",
-               "error_kind", "found_by", "lease_owner", "run_after", "updated_at", "finished_at")
+               "error_kind", "found_by", "lease_owner", "run_after", "updated_at", "finished_at", "identity")
 
 
 @dataclass(frozen=True)
@@ -37,6 +37,7 @@ class Claimed:
     url: str | None
     attempt: int
     claim_token: str
+    identity: str | None = None  #: the egress identity it runs under (None: no identities configured)
 
 
 def db_errors(fn: Callable[..., T]) -> Callable[..., T]:
@@ -133,9 +134,13 @@ class Store:
             if current > models.SCHEMA_VERSION:
                 raise DatabaseUnavailable(f"database schema version {current} is newer than this "
                                           f"videofetchd (knows {models.SCHEMA_VERSION}); upgrade it")
-            for version in range(current + 1, models.SCHEMA_VERSION + 1):
+            for version in sorted(v for v in models.MIGRATIONS if current < v <= models.SCHEMA_VERSION):
                 for stmt in models.MIGRATIONS[version](self.backend):
-                    self.db.execute_sql(stmt)
+                    try:
+                        self.db.execute_sql(stmt)
+                    except peewee.OperationalError as exc:  # SQLite has no ADD COLUMN IF NOT EXISTS
+                        if "duplicate column name" not in str(exc):
+                            raise
                 self.db.execute_sql(self._sql("INSERT INTO videofetchd_schema (version) VALUES (?)"),
                                     [version])
         return models.SCHEMA_VERSION

@@ -32,7 +32,7 @@ SHARED_LEN = 9
 _PR_SET_PDEATHSIG = 1
 
 _shared: MutableSequence[float] | None = None
-_downloader: Downloader | None = None
+_downloaders: dict[str | None, Downloader] = {}  #: per egress identity, for the generation below
 _generation = -1
 
 
@@ -105,19 +105,26 @@ def init_child(shared: MutableSequence[float], supervisor_pid: int) -> None:
     shared[BEAT] = time.monotonic()
 
 
-def _downloader_for(cfg: DownloadConfig, generation: int) -> Downloader:
-    global _downloader, _generation
+def _downloader_for(cfg: DownloadConfig, generation: int, identity: str | None) -> Downloader:
+    """The warm YoutubeDL of ``identity`` (each has its own address, proxy, cookies) for this
+    generation; a job keeps the config it was dispatched with, so a reload never changes the
+    identity of a running job."""
+    global _generation
     assert _shared is not None, "init_child did not run"
-    if _downloader is None or generation != _generation:
-        from .download import Downloader  # preloaded in the forkserver; the parent never needs it
-        _downloader = Downloader(cfg, _SharedReporter(_shared))
+    if generation != _generation:
+        _downloaders.clear()
         _generation = generation
-    return _downloader
+    found = _downloaders.get(identity)
+    if found is None:
+        from .download import Downloader  # preloaded in the forkserver; the parent never needs it
+        found = _downloaders[identity] = Downloader(cfg, _SharedReporter(_shared), identity)
+    return found
 
 
 def warm(cfg: DownloadConfig, generation: int) -> int:
-    """Build the YoutubeDL for this generation before the first job arrives; returns the pid."""
-    _downloader_for(cfg, generation)
+    """Build the YoutubeDL of this generation (first identity; the others on first use) before the
+    first job arrives; returns the pid."""
+    _downloader_for(cfg, generation, cfg.identities[0].name if cfg.identities else None)
     return os.getpid()
 
 
@@ -129,7 +136,7 @@ def run_job(job: Job, cfg: DownloadConfig, generation: int) -> Outcome:
     s[BEAT] = time.monotonic()
     try:
         os.makedirs(cfg.directory, exist_ok=True)
-        return _downloader_for(cfg, generation).run(job)
+        return _downloader_for(cfg, generation, job.identity).run(job)
     except Exception as exc:  # noqa: BLE001 - a bug or odd input must cost one job, not the child
         return Outcome(False, error=f"{type(exc).__name__}: {exc}", kind=ErrorKind.TRANSIENT)
     finally:

@@ -49,9 +49,10 @@ class _Logger:
 
 
 class Downloader:
-    """A warm YoutubeDL for one config generation, plus the bookkeeping of the current job."""
+    """A warm YoutubeDL for one config generation and egress identity, plus the bookkeeping of
+    the current job. The identity's ``ytdlp`` and ``source_address`` go over ``download.ytdlp``."""
 
-    def __init__(self, cfg: DownloadConfig, reporter: Reporter) -> None:
+    def __init__(self, cfg: DownloadConfig, reporter: Reporter, identity: str | None = None) -> None:
         self.cfg = cfg
         self.reporter = reporter
         self.logger = _Logger()
@@ -65,7 +66,7 @@ class Downloader:
             "cachedir": False,
             "no_color": True,
         }
-        params.update({k: v for k, v in cfg.ytdlp.items() if k not in RESERVED_PARAMS})
+        params.update({k: v for k, v in cfg.ytdlp_params(identity).items() if k not in RESERVED_PARAMS})
         params.update({
             "paths": {"home": cfg.directory},
             "outtmpl": {"default": cfg.output_template},

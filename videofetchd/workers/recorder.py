@@ -9,7 +9,6 @@ from __future__ import annotations
 import collections
 import logging
 import random
-import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
@@ -17,6 +16,7 @@ from typing import Any
 from ..config import DownloadConfig
 from ..queue.jobs import ErrorKind, Job, Outcome, backoff_delay, site_of
 from ..queue.store import Store
+from .egress import Egress
 
 log = logging.getLogger(__name__)
 MAX_FAILURES_KEPT = 1000  #: failures remembered for the one-shot summary (newest kept)
@@ -35,8 +35,9 @@ class Counters:
 
 class Recorder:
     def __init__(self, store: Store, db: Callable[..., Awaitable[Any]], counters: Counters,
-                 site_pauses: dict[str, float]) -> None:
+                 site_pauses: dict[str, float], egress: Egress) -> None:
         self.store = store
+        self.egress = egress
         self.db = db
         self.counters = counters
         self.site_pauses = site_pauses  # shared with the supervisor: site -> monotonic end of pause
@@ -55,17 +56,15 @@ class Recorder:
             site = site_of(job.url)
             if site in self.site_pauses:
                 await self.db(st.clear_site, site)
+            await self.egress.succeeded(job)
         elif o.kind is None:  # daemon stopping: hand the row back, attempt not counted
             kept = await self.db(st.release, job.row_id, token, reason="daemon stopped")
         elif o.kind in (ErrorKind.PERMANENT, ErrorKind.INVALID):
             kept = await self.db(st.fail, job.row_id, token, error=o.error or "", kind=o.kind.value)
             self.failed(job, o.error or "")
-        elif o.kind is ErrorKind.THROTTLED:
-            site = site_of(job.url)
-            pause = await self.db(st.pause_site, site, d.throttle_cooldown, o.error or "throttled")
-            self.site_pauses[site] = time.monotonic() + pause
-            log.warning("site %s throttles us (%s); pausing it for %.0fs", site, o.error, pause)
-            kept = await self.db(st.release, job.row_id, token, delay_s=pause, reason=o.error)
+        elif o.kind is ErrorKind.THROTTLED:  # the site, or one identity on it, pauses; the row waits, uncharged
+            delay = await self.egress.throttled(job, d, o.error or "throttled")
+            kept = await self.db(st.release, job.row_id, token, delay_s=delay, reason=o.error)
         else:
             delay = backoff_delay(job.attempt, d.retry_backoff, d.retry_backoff_max, self._rng)
             kept = await self.db(st.retry_later, job.row_id, token, error=o.error or "",

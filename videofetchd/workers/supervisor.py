@@ -18,10 +18,11 @@ import signal
 import time
 from typing import Any
 
-from ..config import Config
+from ..config import Config, DownloadConfig
 from ..queue.dblink import DB_CALL_TIMEOUT_S, DbLink
 from ..errors import DatabaseUnavailable, InvalidVideoId
 from ..queue.jobs import ErrorKind, Job, Outcome, site_of, url_for
+from .egress import Egress
 from .recorder import Counters, Recorder
 from .slots import Slot, pid_alive, signal_group, stop_helpers, wait_gone
 from ..queue.store import Claimed, Store
@@ -67,7 +68,8 @@ class Supervisor:
         self._renewed_at = self._expired_at = self._counts_at = self._pauses_at = 0.0
         self._lost: set[int] = set()
         self._liveness_at = 0.0
-        self.recorder = Recorder(store, self.db, self.counters, self.site_pauses)
+        self.egress = Egress(store, self.db, self.site_pauses)
+        self.recorder = Recorder(store, self.db, self.counters, self.site_pauses, self.egress)
 
     # -- plumbing -------------------------------------------------------------------------------
 
@@ -124,6 +126,9 @@ class Supervisor:
 
     def _timeout(self, now: float) -> float:
         if any(s.busy for s in self.slots) or self.stopping:
+            due = self._next_claim - now  # a token due before the tick is taken on time: lateness wastes budget
+            if 0.0 < due < BUSY_TICK_S and not self.stopping and any(s.ready for s in self.slots):
+                return max(0.02, due)
             return BUSY_TICK_S
         return max(0.02, min(self.cfg.database.poll_interval, self._next_claim - now, MAX_IDLE_S))
 
@@ -298,6 +303,8 @@ class Supervisor:
             if force or now - self._counts_at >= COUNTS_EVERY_S:
                 self._counts_at = now
                 self.queue_counts = await self.db(self.store.counts)
+                if self.cfg.download.identities or self.egress.buckets:
+                    await self.egress.refresh(self.cfg.download)
             if force or now - self._pauses_at >= 10.0:
                 self._pauses_at = now
                 pauses = await self.db(self.store.site_pauses)
@@ -321,26 +328,24 @@ class Supervisor:
         if (not idle or self.paused or self.scanning or not self.db_health.ok or now < self.crash_pause_until
                 or now < self._next_claim):
             return
-        d = self.cfg.download
-        default_site = site_of(url_for("x", None, d.url_template))
-        url_only = self.site_pauses.get(default_site, 0.0) > now
+        # the config of the claim goes with its jobs: a reload meanwhile must not change their identity
+        cfg, generation = self.cfg, self.generation
+        poll = cfg.database.poll_interval
         try:
-            claimed = await self.db(self.store.claim, self.owner, len(idle), self.cfg.database.lease_duration,
-                                    url_rows_only=url_only)
-            if len(claimed) < len(idle):
-                self._next_claim = now + self.cfg.database.poll_interval
+            claimed, budget_in = await self.egress.claim(cfg, self.owner, len(idle), now)
+            if len(claimed) < len(idle):  # the next token of a budget may come before the next poll
+                self._next_claim = now + (poll if budget_in is None else min(poll, budget_in))
                 if self.one_shot and not claimed and not any(s.busy for s in self.slots):
                     left = await self.db(self.store.next_eligible_in)
                     self.drained = left is None
-                    if left is not None:
-                        self._next_claim = now + min(left, self.cfg.database.poll_interval)
+                    if left:  # (0: rows are eligible but wait for a budget or a pause: as above)
+                        self._next_claim = now + min(max(left, budget_in or 0.0), poll)
             for c, slot in zip(claimed, idle):
-                await self._start(c, slot, now)
+                await self._start(c, slot, now, cfg.download, generation)
         except DatabaseUnavailable as exc:
             self.link.down(exc)
 
-    async def _start(self, c: Claimed, slot: Slot, now: float) -> None:
-        d = self.cfg.download
+    async def _start(self, c: Claimed, slot: Slot, now: float, d: DownloadConfig, generation: int) -> None:
         try:
             url = url_for(c.video_id, c.url, d.url_template)
         except InvalidVideoId as exc:
@@ -348,12 +353,13 @@ class Supervisor:
             self.recorder.failed(Job(c.row_id, c.video_id, c.url or "", c.attempt, c.claim_token), str(exc))
             return
         site = site_of(url)
-        if self.site_pauses.get(site, 0.0) > now:
+        if c.identity is None and self.site_pauses.get(site, 0.0) > now:  # (budgeted claims saw the pauses)
             await self.db(self.store.release, c.row_id, c.claim_token, delay_s=self.site_pauses[site] - now)
             return
-        job = Job(row_id=c.row_id, video_id=c.video_id, url=url, attempt=c.attempt, claim_token=c.claim_token)
+        job = Job(row_id=c.row_id, video_id=c.video_id, url=url, attempt=c.attempt, claim_token=c.claim_token,
+                  identity=c.identity)
         try:
-            fut = slot.submit(job, d, self.generation)
+            fut = slot.submit(job, d, generation)
         except RuntimeError as exc:  # the idle child died (BrokenProcessPool): hand the row back
             log.warning("slot %d: child lost before job %s could start (%s); rebuilding it",
                         slot.index, job.video_id, exc)
@@ -363,7 +369,8 @@ class Supervisor:
             await self.db(self.store.release, c.row_id, c.claim_token, reason="worker child lost before start")
             return
         fut.add_done_callback(self._on_done)
-        log.debug("job %s started on slot %d (attempt %d)", job.video_id, slot.index, job.attempt)
+        log.debug("job %s started on slot %d (attempt %d, identity %s)", job.video_id, slot.index, job.attempt,
+                  job.identity)
 
     # -- reload and stop ------------------------------------------------------------------------
 
