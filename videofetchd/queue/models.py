@@ -13,7 +13,7 @@ import enum
 
 import peewee
 
-SCHEMA_VERSION = 4
+SCHEMA_VERSION = 3
 NOTIFY_CHANNEL = "videofetchd_queue"
 
 db_proxy = peewee.DatabaseProxy()
@@ -137,16 +137,15 @@ def schema_v2(backend: str) -> list[str]:
     ]
 
 
-def schema_v4(backend: str) -> list[str]:
+def schema_identities(backend: str) -> list[str]:
     """Egress identities: which identity a row ran under, and one budget row per identity and
     site (token bucket, throttling pause, jobs started), shared by every daemon on the database.
     An index of queued rows with their own URL keeps a claim cheap while the url_template's
     site has no budget left (it then skips the template rows)."""
     now = NOW_SQL[backend]
     dbl = "REAL" if backend == "sqlite" else "DOUBLE PRECISION"
-    exists = "" if backend == "sqlite" else "IF NOT EXISTS "  # SQLite: migrate() tolerates a duplicate
     return [
-        f"ALTER TABLE videos ADD COLUMN {exists}identity TEXT",
+        "ALTER TABLE videos ADD COLUMN identity TEXT",
         f"""CREATE TABLE IF NOT EXISTS identity_budget (
             identity TEXT NOT NULL,
             site TEXT NOT NULL,
@@ -163,6 +162,6 @@ def schema_v4(backend: str) -> list[str]:
     ]
 
 
-#: version -> DDL builder; a release that changes the schema adds one entry (versions may have
-#: gaps while branches are merged: migrate() applies the ones it has, in order)
-MIGRATIONS = {1: schema_v1, 2: schema_v2, 4: schema_v4}
+#: version -> DDL builder; a release that changes the schema appends one entry. Each version runs
+#: once, in one transaction with its version row (DDL is transactional on both backends).
+MIGRATIONS = {1: schema_v1, 2: schema_v2, 3: schema_identities}

@@ -134,13 +134,9 @@ class Store:
             if current > models.SCHEMA_VERSION:
                 raise DatabaseUnavailable(f"database schema version {current} is newer than this "
                                           f"videofetchd (knows {models.SCHEMA_VERSION}); upgrade it")
-            for version in sorted(v for v in models.MIGRATIONS if current < v <= models.SCHEMA_VERSION):
+            for version in range(current + 1, models.SCHEMA_VERSION + 1):
                 for stmt in models.MIGRATIONS[version](self.backend):
-                    try:
-                        self.db.execute_sql(stmt)
-                    except peewee.OperationalError as exc:  # SQLite has no ADD COLUMN IF NOT EXISTS
-                        if "duplicate column name" not in str(exc):
-                            raise
+                    self.db.execute_sql(stmt)
                 self.db.execute_sql(self._sql("INSERT INTO videofetchd_schema (version) VALUES (?)"),
                                     [version])
         return models.SCHEMA_VERSION
