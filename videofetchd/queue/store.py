@@ -326,8 +326,9 @@ class Store:
 
     @db_errors
     def counts(self) -> dict[str, int]:
+        """Rows per status, from the counters the triggers keep (see ``models.schema_counts``)."""
         result = {s: 0 for s in models.STATES}
-        for status, n in self.read("SELECT status, count(*) FROM videos GROUP BY status"):
+        for status, n in self.read("SELECT status, sum(n) FROM videos_counts GROUP BY status"):
             result[status] = int(n)
         return result
 
