@@ -9,13 +9,18 @@ media server bursting then trickling.
 
 from __future__ import annotations
 
+import contextlib
 import shutil
+import signal
+import threading
 from pathlib import Path
 
+import psutil
 import pytest
+import yaml
 
 import vfd
-from helpers import wait_until
+from helpers import video_tree, wait_until
 from mediaserver import MediaServer
 from vfd import running
 
@@ -93,3 +98,83 @@ def test_an_external_downloader_that_stalls_is_still_killed(tmp_path: Path) -> N
     assert len(kills) == 1, log
     waited = float(kills[0].split("no progress for ")[1].split("s")[0])
     assert 2.0 <= waited <= 4.0, kills[0]
+
+
+# -- a scan that hangs ---------------------------------------------------------------------------------
+
+class WalkerStopper:
+    """Stops (SIGSTOP) the first walker process whose command line names ``marker``, as soon as it
+    appears: what a hung NFS mount does to a walk. A thread polls the process table from before the
+    daemon starts, so even a quick walk is caught."""
+
+    def __init__(self, marker: str) -> None:
+        self.marker = marker
+        self.stopped: psutil.Process | None = None
+        self._done = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self) -> None:
+        while not self._done.is_set():
+            for p in psutil.process_iter(["cmdline"]):
+                cmd = p.info["cmdline"] or []
+                if "videofetchd.library.walkproc" in cmd and any(self.marker in c for c in cmd):
+                    with contextlib.suppress(psutil.Error):
+                        p.send_signal(signal.SIGSTOP)
+                        self.stopped = p
+                        return
+
+    def __enter__(self) -> WalkerStopper:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._done.set()
+        self._thread.join(10)
+        self.resume()
+
+    def resume(self) -> None:
+        if self.stopped is not None:
+            with contextlib.suppress(psutil.Error):
+                self.stopped.send_signal(signal.SIGCONT)
+
+
+def test_a_hung_scan_stops_holding_downloads_and_a_reload_during_it_is_kept(tmp_path: Path) -> None:
+    """The walker hangs (SIGSTOP: what a hung NFS mount does to it). Downloads wait for the scan
+    only scan.claim_hold long, then go on; directories added by a reload while the scan hangs
+    are scanned once it ends, not dropped."""
+    lib1, lib2 = tmp_path / "lib1", tmp_path / "lib2"
+    video_tree(lib1, 20, 1000, tag="lib")  # big enough that the walker is caught while it runs
+    lib2.mkdir()
+    (lib2 / "Late [late-one].mp4").write_bytes(b"L" * 4321)
+    db = tmp_path / "queue.db"
+    with MediaServer(default_size=8 * KiB) as srv:
+        cfg = vfd.write_config(tmp_path, url_template=srv.url_template,
+                               scan={"directories": [str(lib1)], "claim_hold": "3s"})
+        assert vfd.ctl(cfg, "add", "wanted").returncode == 0
+        with WalkerStopper(str(lib1)) as stopper, running(cfg) as d:
+            wait_until(lambda: stopper.stopped, timeout=20, interval=0.01, message="the walker was never seen")
+            assert vfd.status(cfg)["scan"]["running"], vfd.status(cfg)["scan"]
+            edit = yaml.safe_load(cfg.read_text())
+            edit["scan"]["directories"] = [str(lib1), str(lib2)]
+            cfg.write_text(yaml.safe_dump(edit))
+            d.signal(signal.SIGHUP)
+            wait_until(lambda: vfd.status(cfg)["config"]["generation"] == 2, timeout=20, message="reload")
+            row = wait_until(lambda: settled_row(db, "wanted"), timeout=30,
+                             message="downloads stayed held by the hung scan")
+            assert row["status"] == "done" and row["found_by"] == "download", row
+            st = vfd.status(cfg)
+            assert st["scan"]["running"] and any("claim_hold" in n for n in st["notes"]), st
+            stopper.resume()
+            late = wait_until(lambda: settled_row(db, "late-one"), timeout=30,
+                              message="the directory added during the hung scan was never scanned")
+            assert late["found_by"] == "filename" and late["file_size"] == 4321, late
+            scan = wait_until(lambda: (s := vfd.status(cfg)["scan"]) and not s["running"] and s, timeout=20)
+            assert scan["directories"] == [str(lib1), str(lib2)] and scan["last_ok"], scan
+            log = d.log()
+    assert "downloads go on while it does" in log and "scanned when it ends" in log, log
+    assert srv.body_requests("late-one") == 0
+
+
+def settled_row(db: Path, video_id: str) -> dict | None:  # type: ignore[type-arg]
+    row = {r["video_id"]: r for r in vfd.rows(db)}.get(video_id)
+    return row if row and row["status"] in ("done", "failed") else None
