@@ -96,6 +96,8 @@ class _Behaviour:
     stall_after: int | None = None
     stall_left: int = 0
     rate_bps: int | None = None
+    burst_bytes: int = 0  # sent at full speed at the start of each body response, before rate_bps applies
+    reason: str | None = None  # the reason phrase of fail_status answers, sent as given (even a NUL byte)
 
 
 class _Abort(Exception):
@@ -304,15 +306,18 @@ class MediaServer:
 
     def configure(self, video_id: str, *, size: int | None = None, fail_status: int | None = None,
                   fail_times: int | None = None, drop_after: int | None = None, drop_times: int = 1,
-                  stall_after: int | None = None, stall_times: int = 1, rate_bps: int | None = None) -> None:
+                  stall_after: int | None = None, stall_times: int = 1, rate_bps: int | None = None,
+                  burst_bytes: int = 0, reason: str | None = None) -> None:
         """Set the behaviour of one ID; arguments left as None keep the ID-prefix defaults.
 
         ``fail_status``: answer GET/HEAD with this status for the first ``fail_times`` GETs
         (``fail_times=None``: always).  ``drop_after``: send this many body bytes of the response,
         then close the connection, for the first ``drop_times`` GETs.  ``stall_after``: send this
         many body bytes, then hang until release_stalls()/stop(), for the first ``stall_times`` GETs.
-        ``rate_bps`` throttles each connection for this ID.  Calling configure() again resets the
-        fault budgets of that ID (not its request counters).
+        ``rate_bps`` throttles each connection for this ID, after ``burst_bytes`` sent at full speed
+        at the start of every body response (a server that bursts then trickles).  ``reason`` is
+        the status line's reason phrase for ``fail_status`` answers, sent raw.  Calling configure()
+        again resets the fault budgets of that ID (not its request counters).
         """
         b = self._default_behaviour(video_id, size)
         if fail_status is not None:
@@ -329,6 +334,7 @@ class MediaServer:
             b.stall_left = stall_times
         if rate_bps is not None:
             b.rate_bps = rate_bps
+        b.burst_bytes, b.reason = burst_bytes, reason
         with self._lock:
             self._behaviours[video_id] = b
 
@@ -410,7 +416,7 @@ class MediaServer:
         path = urllib.parse.urlsplit(h.path).path
         m = _PATH_RE.match(path)
         video_id = urllib.parse.unquote(m.group(1)) if m else None
-        size, rate, fail = 0, None, None
+        size, rate, fail, reason = 0, None, None, None
         with self._lock:
             index = len(self._records)
             self._records.append(RequestRecord(time.monotonic(), h.command, video_id, None, 0, 0))
@@ -420,6 +426,7 @@ class MediaServer:
                 b = self._behaviour(video_id)
                 size, rate = b.size, (b.rate_bps if b.rate_bps is not None else self.rate_bps)
                 fail = b.fail_status if b.fail_left is None or b.fail_left > 0 else None
+                reason = b.reason
                 if fail is not None and b.fail_left is not None and not head:
                     b.fail_left -= 1
         status, range_start, sent, outcome = 404, None, 0, "complete"
@@ -427,7 +434,7 @@ class MediaServer:
             if video_id is None or fail is not None:
                 status = fail if fail is not None else 404
                 self._update_record(index, status=status)
-                self._send_error(h, status, head)
+                self._send_error(h, status, head, reason=reason)
                 return
             status, start, end = self._parse_range(h.headers.get("Range"), size)
             if status == 416:
@@ -480,13 +487,13 @@ class MediaServer:
         return 206, start, end
 
     def _send_error(self, h: _Handler, status: int, head: bool,
-                    headers: dict[str, str] | None = None) -> None:
+                    headers: dict[str, str] | None = None, reason: str | None = None) -> None:
         try:
             phrase = http.HTTPStatus(status).phrase
         except ValueError:
             phrase = "Error"
         body = f"{status} {phrase}\n".encode()
-        h.send_response(status)
+        h.send_response(status, reason)
         h.send_header("Content-Type", "text/plain; charset=utf-8")
         h.send_header("Content-Length", str(len(body)))
         if status == 429:
@@ -504,7 +511,8 @@ class MediaServer:
             b = self._behaviour(video_id)
             drop_at = b.drop_after if b.drop_left > 0 else None
             stall_at = b.stall_after if b.stall_left > 0 else None
-        state = {"sent": 0, "stalled": 0}
+            burst = b.burst_bytes
+        state = {"sent": 0, "stalled": 0, "burst": burst}
         pos = 0
         faults = [(at, kind) for kind, at in (("drop", drop_at), ("stall", stall_at))
                   if at is not None and at < len(body)]
@@ -563,6 +571,12 @@ class MediaServer:
         """Write ``data``; with a rate, in ~10 ms chunks on a schedule (no initial burst)."""
         if not data:
             return
+        if rate and state.get("burst", 0) > 0:  # the burst part at full speed, then the rest throttled
+            head, state["burst"] = data[:state["burst"]], max(0, state["burst"] - len(data))
+            self._write(h, head, None, state)
+            data = data[len(head):]
+            if not data:
+                return
         chunk = _UNTHROTTLED_CHUNK if not rate else max(1024, min(64 * 1024, rate // 100))
         t0 = time.monotonic()
         done = 0

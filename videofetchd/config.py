@@ -111,6 +111,7 @@ class ScanConfig:
                                    "opus", "ogg", "wav", "flac", "ts", "3gp", "wmv", "mpg", "mpeg")
     id_pattern: str = ""  # optional regex with a group named "id", tried after .info.json and [ID]
     requeue_missing: bool = False  # re-queue rows whose file disappeared
+    claim_hold: float = _duration(600.0)  # a running scan holds new downloads back at most this long
 
 
 @dataclass(frozen=True)

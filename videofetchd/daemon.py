@@ -46,6 +46,7 @@ class Daemon:
         self.sup: Supervisor | None = None
         self.server: ControlServer | None = None
         self.scan_task: asyncio.Task[None] | None = None
+        self.scan_next: Config | None = None  # a reload changed scan.directories while a scan ran
         self.scan_status = ScanStatus()
 
     async def run(self) -> int:
@@ -118,6 +119,7 @@ class Daemon:
             while self.signals:
                 await self._handle_signal(self.signals.pop(0))
             now = time.monotonic()
+            self._limit_scan_hold(now)
             if period is not None and now >= next_ping:
                 # ping only while the supervisor loop is really turning
                 if sup.healthy(now):
@@ -193,7 +195,8 @@ class Daemon:
         if not cfg.scan.directories or self.store is None:
             return
         if self.scan_task is not None and not self.scan_task.done():
-            log.info("a scan is already running; the new directory list is scanned next start or reload")
+            log.info("a scan is already running; the new directory list is scanned when it ends")
+            self.scan_next = cfg
             return
         assert self.sup is not None
         self.sup.scanning = True
@@ -242,6 +245,21 @@ class Daemon:
             if self.sup is not None:
                 self.sup.scanning = False  # claims were held while the scan ran
                 self.sup.wake(claim=True)
+            if self.scan_next is not None:  # started from the loop: this task is not done yet
+                asyncio.get_running_loop().call_soon(self._start_scan, self.scan_next)
+                self.scan_next = None
+
+    def _limit_scan_hold(self, now: float) -> None:
+        """A scan holds new downloads back (a file it is about to find must not be fetched again),
+        but a scan stuck on a hung mount must not hold them forever: after ``scan.claim_hold``
+        they go on while the scan does."""
+        sup, status = self.sup, self.scan_status
+        if sup is not None and sup.scanning and status.running \
+                and now - status.started_at > self.cfg.scan.claim_hold:
+            sup.scanning = False
+            sup.wake(claim=True)
+            log.warning("the scan of %s has run for %.0fs (scan.claim_hold); downloads go on while it does",
+                        ", ".join(status.directories), now - status.started_at)
 
     def _status_line(self) -> str:
         sup = self.sup

@@ -34,6 +34,17 @@ class DatabaseUnavailable(VideofetchdError):
     exit_code = EXIT_TEMPFAIL
 
 
+class DatabaseRefused(VideofetchdError):
+    """The database refused a value (a constraint, a type): the write is wrong, not the database.
+
+    Retrying the same write cannot help, so callers must not treat it as an outage (which would
+    hold it back and retry it forever)."""
+
+
+class SupervisorFailed(VideofetchdError):
+    """The supervisor loop kept failing; the daemon stops (non-zero) for systemd to restart it."""
+
+
 class InvalidVideoId(VideofetchdError):
     """A video ID or URL given by a user cannot be queued safely."""
 

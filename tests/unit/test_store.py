@@ -11,6 +11,7 @@ import json
 import sqlite3
 import subprocess
 import sys
+import threading
 from pathlib import Path
 from typing import Any, Iterator
 
@@ -40,8 +41,7 @@ def db_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
     if request.param == "sqlite":
         return f"sqlite:///{tmp_path}/queue.db"
     url: str = request.getfixturevalue("pg_database")
-    raw_execute(url, "DROP TABLE IF EXISTS videos, site_backoff, identity_budget, videofetchd_schema CASCADE; "
-                "DROP FUNCTION IF EXISTS videofetchd_notify() CASCADE")
+    raw_execute(url, "DROP SCHEMA public CASCADE; CREATE SCHEMA public")
     return url
 
 
@@ -381,6 +381,88 @@ def test_counts_and_list_rows(store: Store) -> None:
     assert [(r["video_id"], r["last_error"]) for r in failed] == [("a", "HTTP Error 404")]
     assert [r["video_id"] for r in store.list_rows(limit=1)] == ["a"]
     assert [r["video_id"] for r in store.list_rows(video_ids=["c", "b"])] == ["b", "c"]
+
+
+def true_counts(store: Store) -> dict[str, int]:
+    result = dict.fromkeys(models.STATES, 0)
+    result.update({s: int(n) for s, n in store.read("SELECT status, count(*) FROM videos GROUP BY status")})
+    return result
+
+
+def test_counts_follow_every_kind_of_write(store: Store, db_url: str) -> None:
+    """The counters the triggers keep match a full count after claims, results, retries, scans'
+    bulk inserts, and rows another program inserts, updates or deletes behind our back."""
+    store.add([(f"v{i}", None) for i in range(50)])
+    assert store.counts() == true_counts(store) and store.counts()["queued"] == 50
+    claimed = store.claim(OWNER, 8, LEASE)
+    for c in claimed[:3]:
+        store.finish(c.row_id, c.claim_token, file_path=f"/{c.video_id}", file_size=1, extractor=None)
+    store.fail(claimed[3].row_id, claimed[3].claim_token, error="gone", kind="permanent")
+    store.retry_later(claimed[4].row_id, claimed[4].claim_token, error="x", kind="transient", delay_s=0,
+                      max_attempts=1)  # attempts used up: failed
+    store.release(claimed[5].row_id, claimed[5].claim_token)
+    store.renew(OWNER, LEASE)  # updates rows without changing their status
+    assert store.counts() == true_counts(store)
+    assert store.counts()["running"] == 2 and store.counts()["failed"] == 2 and store.counts()["done"] == 3
+    raw_execute(db_url, "INSERT INTO videos (video_id) VALUES ('ext1'), ('ext2')")
+    raw_execute(db_url, "UPDATE videos SET status = 'missing' WHERE video_id IN ('v0', 'v1', 'v2')")
+    raw_execute(db_url, "DELETE FROM videos WHERE video_id IN ('v40', 'v41', 'v42')")
+    assert store.retry_failed() == 5  # failed and missing rows back to queued, in one statement
+    assert store.counts() == true_counts(store)
+    assert sum(store.counts().values()) == 50 + 2 - 3
+
+
+@pytest.mark.postgres
+def test_counts_stay_exact_under_concurrent_writers(pg_database: str) -> None:
+    """Four connections claim and settle at once (several daemons on one PostgreSQL): the sharded
+    counters lose no update and never deadlock."""
+    raw_execute(pg_database, "DROP SCHEMA public CASCADE; CREATE SCHEMA public")
+    stores = [open_store(pg_database) for _ in range(4)]
+    try:
+        stores[0].add([(f"c{i}", None) for i in range(400)])
+        errors: list[BaseException] = []
+
+        def work(st: Store, n: int) -> None:
+            try:
+                while claimed := st.claim(f"node:{n}", 3, LEASE):
+                    for i, c in enumerate(claimed):
+                        if i % 3 == 0:
+                            st.fail(c.row_id, c.claim_token, error="x", kind="permanent")
+                        else:
+                            st.finish(c.row_id, c.claim_token, file_path=f"/{c.video_id}", file_size=1,
+                                      extractor=None)
+            except BaseException as exc:  # noqa: BLE001 - reported by the main thread
+                errors.append(exc)
+
+        threads = [threading.Thread(target=work, args=(st, n)) for n, st in enumerate(stores)]
+        for th in threads:
+            th.start()
+        for th in threads:
+            th.join(120)
+        assert not errors, errors
+        counts = stores[0].counts()
+        assert counts == true_counts(stores[0]) and counts["queued"] == 0 and counts["done"] + counts["failed"] == 400
+    finally:
+        for st in stores:
+            st.close()
+
+
+def test_counts_of_a_database_from_before_the_counters(db_url: str) -> None:
+    """Migrating a filled version-2 database seeds the counters from a full count."""
+    st = open_store(db_url, migrate=False)
+    try:
+        for version in (1, 2):
+            for stmt in models.MIGRATIONS[version](st.backend):
+                st.db.execute_sql(stmt)
+        st.db.execute_sql("CREATE TABLE videofetchd_schema (version INTEGER NOT NULL)")
+        st.db.execute_sql("INSERT INTO videofetchd_schema (version) VALUES (1), (2)")
+        st.db.execute_sql("INSERT INTO videos (video_id, status) VALUES ('a', 'done'), ('b', 'done'), ('c', 'failed')")
+        st.migrate()
+        assert st.counts() == {**dict.fromkeys(models.STATES, 0), "done": 2, "failed": 1}
+        st.migrate()  # idempotent: nothing counted twice
+        assert st.counts() == true_counts(st)
+    finally:
+        st.close()
 
 
 # -- site back-off ------------------------------------------------------------------------------

@@ -88,9 +88,12 @@ def snapshot(sup: Supervisor, info: ConfigInfo, scan: ScanStatus | None = None) 
     for site, until in sorted(sup.site_pauses.items()):
         if until > now:
             notes.append(f"site {site} paused for {until - now:.0f}s (throttled)")
+    found = f", {scan.videos_found} videos found so far" if scan is not None and scan.running else ""
     if sup.scanning:
-        found = f", {scan.videos_found} videos found so far" if scan is not None and scan.running else ""
         notes.append(f"library scan running{found}: new jobs wait for it")
+    elif scan is not None and scan.running:
+        notes.append(f"library scan running for {now - scan.started_at:.0f}s{found}: "
+                     "longer than scan.claim_hold, so new jobs no longer wait for it")
     if sup.crash_pause_until > now:
         notes.append(f"claiming paused for {sup.crash_pause_until - now:.0f}s: worker children keep dying")
     db = sup.db_health

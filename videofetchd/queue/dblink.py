@@ -56,6 +56,8 @@ class DbLink:
         h = self.health
         if h.ok:
             log.error("database unavailable: %s; downloads continue, results are kept", exc)
+        elif str(exc) != h.error:  # the reason changed (reconnected to a read-only standby, say)
+            log.warning("database still unavailable: %s", exc)
         h.ok, h.error = False, str(exc)
         h.failures += 1
         h.retry_at = time.monotonic() + min(30.0, 0.5 * 2 ** min(h.failures, 6))

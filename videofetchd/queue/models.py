@@ -13,7 +13,7 @@ import enum
 
 import peewee
 
-SCHEMA_VERSION = 3
+SCHEMA_VERSION = 4
 NOTIFY_CHANNEL = "videofetchd_queue"
 
 db_proxy = peewee.DatabaseProxy()
@@ -162,6 +162,72 @@ def schema_identities(backend: str) -> list[str]:
     ]
 
 
+COUNT_SHARDS = 64  #: PostgreSQL counter rows per status (see schema_counts)
+
+
+def schema_counts(backend: str) -> list[str]:
+    """``videos_counts``: the number of rows in each status, kept by triggers on ``videos``.
+
+    ``videofetchctl status``, STATUS= and the metrics ask for the counts every few seconds; a
+    ``GROUP BY status`` over the whole table took 0.7 s on SQLite and 0.17 s on PostgreSQL at
+    1,000,000 rows, and grows with the library. Triggers keep the counts for every writer (other
+    daemons, ``videofetchctl``, a program that INSERTs directly), so reading them is one look at a
+    handful of rows.
+
+    SQLite has one writer at a time, so one row per status does. On PostgreSQL several daemons
+    write at once: each statement adds its net change per status (a statement-level trigger with
+    transition tables, so a claim of 8 rows is one update) to one of ``COUNT_SHARDS`` rows chosen
+    by its backend pid, so that concurrent claims seldom wait on the same counter row. The table is
+    seeded from a full count once, inside the migration, with writers locked out.
+    """
+    states = ", ".join(f"('{s}')" for s in STATES)
+    if backend == "sqlite":
+        return [
+            "CREATE TABLE IF NOT EXISTS videos_counts (status TEXT PRIMARY KEY, n INTEGER NOT NULL) WITHOUT ROWID",
+            "DELETE FROM videos_counts",
+            f"INSERT INTO videos_counts (status, n) SELECT s.column1, 0 FROM (VALUES {states}) s",
+            "UPDATE videos_counts SET n = (SELECT count(*) FROM videos v WHERE v.status = videos_counts.status)",
+            """CREATE TRIGGER IF NOT EXISTS videos_count_insert AFTER INSERT ON videos
+            BEGIN UPDATE videos_counts SET n = n + 1 WHERE status = NEW.status; END""",
+            """CREATE TRIGGER IF NOT EXISTS videos_count_update AFTER UPDATE OF status ON videos
+            WHEN OLD.status <> NEW.status BEGIN
+                UPDATE videos_counts SET n = n - 1 WHERE status = OLD.status;
+                UPDATE videos_counts SET n = n + 1 WHERE status = NEW.status;
+            END""",
+            """CREATE TRIGGER IF NOT EXISTS videos_count_delete AFTER DELETE ON videos
+            BEGIN UPDATE videos_counts SET n = n - 1 WHERE status = OLD.status; END""",
+        ]
+    # ORDER BY status: every writer locks counter rows in one order, so two writers whose pids
+    # share a shard wait for each other instead of deadlocking
+    upsert = ("INSERT INTO videos_counts (status, shard, n) "
+              f"SELECT status, mod(pg_backend_pid(), {COUNT_SHARDS}), d FROM ({{}}) AS delta "
+              "WHERE d <> 0 ORDER BY status ON CONFLICT (status, shard) DO UPDATE SET n = videos_counts.n + EXCLUDED.n")
+    changes = {
+        "insert": "SELECT status, count(*) AS d FROM new_rows GROUP BY status",
+        "delete": "SELECT status, -count(*) AS d FROM old_rows GROUP BY status",
+        "update": ("SELECT status, sum(d) AS d FROM (SELECT status, 1 AS d FROM new_rows "
+                   "UNION ALL SELECT status, -1 FROM old_rows) AS c GROUP BY status"),
+    }
+    refs = {"insert": "NEW TABLE AS new_rows", "delete": "OLD TABLE AS old_rows",
+            "update": "OLD TABLE AS old_rows NEW TABLE AS new_rows"}
+    stmts = [
+        "LOCK TABLE videos IN SHARE ROW EXCLUSIVE MODE",  # no write between the seed count and the triggers
+        """CREATE TABLE IF NOT EXISTS videos_counts (status TEXT NOT NULL, shard INTEGER NOT NULL,
+            n BIGINT NOT NULL, PRIMARY KEY (status, shard))""",
+        "DELETE FROM videos_counts",
+        "INSERT INTO videos_counts (status, shard, n) SELECT status, 0, count(*) FROM videos GROUP BY status",
+    ]
+    for event, body in changes.items():
+        stmts += [
+            f"""CREATE OR REPLACE FUNCTION videofetchd_count_{event}() RETURNS trigger AS $$
+            BEGIN {upsert.format(body)}; RETURN NULL; END $$ LANGUAGE plpgsql""",
+            f"DROP TRIGGER IF EXISTS videos_count_{event} ON videos",
+            f"""CREATE TRIGGER videos_count_{event} AFTER {event.upper()} ON videos
+            REFERENCING {refs[event]} FOR EACH STATEMENT EXECUTE FUNCTION videofetchd_count_{event}()""",
+        ]
+    return stmts
+
+
 #: version -> DDL builder; a release that changes the schema appends one entry. Each version runs
 #: once, in one transaction with its version row (DDL is transactional on both backends).
-MIGRATIONS = {1: schema_v1, 2: schema_v2, 3: schema_identities}
+MIGRATIONS = {1: schema_v1, 2: schema_v2, 3: schema_identities, 4: schema_counts}

@@ -21,7 +21,7 @@ import peewee
 
 from . import models
 from ..config import parse_database_url
-from ..errors import ConfigError, DatabaseUnavailable
+from ..errors import ConfigError, DatabaseRefused, DatabaseUnavailable
 from .jobs import throttle_delay
 
 T = TypeVar("T")
@@ -41,16 +41,45 @@ class Claimed:
 
 
 def db_errors(fn: Callable[..., T]) -> Callable[..., T]:
-    """Turn driver-level connection failures into DatabaseUnavailable, dropping the connection
-    so that the next call reconnects."""
+    """Turn the database layer's errors into the two a caller can act on.
+
+    DatabaseUnavailable: the database cannot take this now (connection lost, read-only after a
+    failover to a replica, serialization failure, deadlock, lock or statement timeout, disk full,
+    a corrupt file); the connection is dropped so that the next call reconnects, and the caller
+    holds its results back and probes again. DatabaseRefused: it refused a value (a constraint, a
+    type); retrying the same write cannot help. A ProgrammingError (bad SQL, a missing table) is
+    a bug and passes unchanged, to be logged with its traceback.
+    """
     @functools.wraps(fn)
     def wrapper(store: Store, *args: Any, **kwargs: Any) -> T:
         try:
             return fn(store, *args, **kwargs)
-        except (peewee.OperationalError, peewee.InterfaceError) as exc:
+        except peewee.ProgrammingError:
+            store.drop_connection()  # a failed statement may leave the transaction aborted
+            raise
+        except (peewee.IntegrityError, peewee.DataError) as exc:
             store.drop_connection()
-            raise DatabaseUnavailable(f"database error: {str(exc).strip() or type(exc).__name__}") from exc
+            raise DatabaseRefused(f"database refused a value: {_first_line(exc)}") from exc
+        except (peewee.DatabaseError, peewee.InterfaceError) as exc:
+            store.drop_connection()
+            raise DatabaseUnavailable(f"database error: {_first_line(exc)}") from exc
     return wrapper
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()
+    return storable(text[0] if text else type(exc).__name__, 500)
+
+
+def storable(text: str, limit: int = 2000) -> str:
+    """``text`` as every backend stores it: no NUL (PostgreSQL refuses it in text), no lone
+    surrogates (neither driver can encode them), at most ``limit`` characters. Error texts come
+    from remote servers (an HTTP reason phrase), so nothing about them can be assumed."""
+    if "\0" in text:
+        text = text.replace("\0", "\\0")
+    if not text.isascii():
+        text = text.encode("utf-8", "backslashreplace").decode("utf-8")
+    return text[:limit]
 
 
 def make_database(url: str) -> tuple[peewee.Database, str]:
@@ -120,7 +149,13 @@ class Store:
 
     @db_errors
     def ping(self) -> None:
-        self.read("SELECT 1")
+        """Can we write? A PostgreSQL replica answers reads, so a read alone would declare a
+        database back that still refuses every result."""
+        if self.backend == "postgres":
+            if self.read("SELECT current_setting('transaction_read_only')")[0][0] == "on":
+                raise DatabaseUnavailable("database is read-only (a standby after a failover?)")
+        else:
+            self.read("SELECT 1")
 
     @db_errors
     def migrate(self) -> int:
@@ -226,7 +261,7 @@ class Store:
         if self._settle(row_id, token,
                         "status = 'done', file_path = ?, file_size = ?, extractor = ?, "
                         f"found_by = 'download', last_error = NULL, error_kind = NULL, finished_at = {self.now}",
-                        [file_path, file_size, extractor]):
+                        [storable(file_path, 4096), file_size, extractor and storable(extractor, 200)]):
             return True
         rows = self.read("SELECT status, file_path FROM videos WHERE id = ?", [row_id])
         return bool(rows) and rows[0][0] == "done" and rows[0][1] == file_path
@@ -236,7 +271,7 @@ class Store:
         """Fail a claimed row for good."""
         return self._settle(row_id, token,
                             f"status = 'failed', last_error = ?, error_kind = ?, finished_at = {self.now}",
-                            [error[:2000], kind])
+                            [storable(error), kind])
 
     @db_errors
     def retry_later(self, row_id: int, token: str, *, error: str, kind: str, delay_s: float,
@@ -247,14 +282,14 @@ class Store:
             "status = CASE WHEN attempts >= ? THEN 'failed' ELSE 'queued' END, "
             f"run_after = {self.now} + ?, last_error = ?, error_kind = ?, "
             f"finished_at = CASE WHEN attempts >= ? THEN {self.now} ELSE NULL END",
-            [max_attempts, delay_s, error[:2000], kind, max_attempts])
+            [max_attempts, delay_s, storable(error), kind, max_attempts])
 
     @db_errors
     def release(self, row_id: int, token: str, *, delay_s: float = 0.0, reason: str | None = None) -> bool:
         """Give a claimed row back without counting the attempt (daemon stop, site pause)."""
         return self._settle(row_id, token,
                             f"status = 'queued', attempts = attempts - 1, run_after = {self.now} + ?, "
-                            "last_error = COALESCE(?, last_error)", [delay_s, reason])
+                            "last_error = COALESCE(?, last_error)", [delay_s, reason and storable(reason)])
 
     @db_errors
     def requeue_expired(self, max_attempts: int) -> int:
@@ -308,7 +343,7 @@ class Store:
                       "reason = EXCLUDED.reason")
         else:
             upsert = "INSERT OR REPLACE INTO site_backoff (site, until, strikes, reason) VALUES (?, {now} + ?, ?, ?)"
-        self.write(upsert.format(now=self.now), [site, pause, strikes, reason[:500]])
+        self.write(upsert.format(now=self.now), [site, pause, strikes, storable(reason, 500)])
         return pause
 
     @db_errors
@@ -326,8 +361,9 @@ class Store:
 
     @db_errors
     def counts(self) -> dict[str, int]:
+        """Rows per status, from the counters the triggers keep (see ``models.schema_counts``)."""
         result = {s: 0 for s in models.STATES}
-        for status, n in self.read("SELECT status, count(*) FROM videos GROUP BY status"):
+        for status, n in self.read("SELECT status, sum(n) FROM videos_counts GROUP BY status"):
             result[status] = int(n)
         return result
 

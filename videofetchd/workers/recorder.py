@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from ..config import DownloadConfig
+from ..errors import DatabaseRefused
 from ..queue.jobs import ErrorKind, Job, Outcome, backoff_delay, site_of
 from ..queue.store import Store
 from .egress import Egress
@@ -45,7 +46,22 @@ class Recorder:
         self._rng = random.Random()
 
     async def write(self, job: Job, o: Outcome, d: DownloadConfig) -> None:
-        """Record one outcome; raises DatabaseUnavailable (the caller keeps it for later)."""
+        """Record one outcome; raises DatabaseUnavailable (the caller keeps it for later).
+
+        When the database refuses the outcome itself (a value it cannot store), the attempt is
+        recorded as a transient failure with that reason instead: holding such a result back would
+        retry the same write forever, and a row whose results are always refused ends failed."""
+        try:
+            await self._write(job, o, d)
+        except DatabaseRefused as exc:
+            log.error("job %s: the database refused its result (%s)", job.video_id, exc)
+            kept = await self.db(self.store.retry_later, job.row_id, job.claim_token,
+                                 error=f"result refused by the database: {exc}", kind=ErrorKind.TRANSIENT.value,
+                                 delay_s=d.retry_backoff, max_attempts=d.max_attempts)
+            if not kept:
+                self.counters.lost_leases += 1
+
+    async def _write(self, job: Job, o: Outcome, d: DownloadConfig) -> None:
         st, token = self.store, job.claim_token
         if o.ok:
             kept = await self.db(st.finish, job.row_id, token, file_path=o.file_path or "",

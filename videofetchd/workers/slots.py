@@ -21,10 +21,13 @@ from typing import Any
 import psutil
 
 from . import child
+from .liveness import IoMeter
 from ..config import DownloadConfig
 from ..queue.jobs import PHASE_NAMES, PHASE_POSTPROCESSING, Job
 
 log = logging.getLogger(__name__)
+IO_QUIET_S = 1.0  #: seconds without a hook report before the kernel's I/O counters are asked
+IO_EVERY_S = 0.25  #: at most this often per slot
 _ctx: multiprocessing.context.BaseContext | None = None
 
 
@@ -73,6 +76,9 @@ class Slot:
         self.retiring = False  # shrink after a reload: remove once idle
         self.generation = -1
         self.warm_future: Future[Any] | None = None
+        self.io = IoMeter()  # the kernel's view of the running job's bytes (see liveness)
+        self.io_beat = 0.0  # monotonic: the last time those counters moved
+        self._io_checked = 0.0
 
     # -- life cycle ---------------------------------------------------------------------------
 
@@ -148,6 +154,7 @@ class Slot:
         self.shared[child.DONE_BYTES] = 0
         self.shared[child.TOTAL_BYTES] = 0
         self.job, self.job_cfg, self.started_at = job, cfg, now
+        self.io, self.io_beat, self._io_checked = IoMeter(), now, 0.0
         self.future = self.executor.submit(child.run_job, job, cfg, generation)
         return self.future
 
@@ -168,8 +175,19 @@ class Slot:
                         downloaded_bytes=int(s[child.DONE_BYTES]) if self.busy else 0,
                         total_bytes=total or None, speed_bps=speed or None,
                         eta_s=eta if eta >= 0 else None,
-                        last_progress_age_s=max(0.0, now - float(s[child.BEAT])),
+                        last_progress_age_s=max(0.0, now - max(float(s[child.BEAT]), self.io_beat)),
                         postprocessing=phase == PHASE_POSTPROCESSING)
+
+    def watch_io(self, now: float) -> None:
+        """While yt-dlp's hook is quiet, ask the kernel whether the job's processes still move
+        bytes (a large read on a slowed link, an external downloader, ffmpeg); if so, that is
+        progress too. Costs a few /proc reads per quiet busy slot and tick."""
+        if (not self.busy or now - float(self.shared[child.BEAT]) < IO_QUIET_S
+                or now - self._io_checked < IO_EVERY_S or not self.pid):
+            return
+        self._io_checked = now
+        if self.io.moved(self.pid):
+            self.io_beat = now
 
     def kill(self, reason: str, *, grace: float, now: float) -> None:
         """SIGTERM the child's process group now, SIGKILL once ``grace`` has passed."""

@@ -20,7 +20,7 @@ from typing import Any
 
 from ..config import Config, DownloadConfig
 from ..queue.dblink import DB_CALL_TIMEOUT_S, DbLink
-from ..errors import DatabaseUnavailable, InvalidVideoId
+from ..errors import DatabaseUnavailable, InvalidVideoId, SupervisorFailed
 from ..queue.jobs import ErrorKind, Job, Outcome, site_of, url_for
 from .egress import Egress
 from .recorder import Counters, Recorder
@@ -32,6 +32,8 @@ log = logging.getLogger(__name__)
 BUSY_TICK_S = 0.25  # loop period while downloads run: bounds stall-detection latency
 COUNTS_EVERY_S = 2.0
 MAX_IDLE_S = 1.0  # the loop turns at least this often, even with nothing to do
+PASS_FAILURE_LIMIT = 5  # failed passes within PASS_FAILURE_WINDOW_S that stop the supervisor
+PASS_FAILURE_WINDOW_S = 60.0
 
 
 class Supervisor:
@@ -68,6 +70,7 @@ class Supervisor:
         self._renewed_at = self._expired_at = self._counts_at = self._pauses_at = 0.0
         self._lost: set[int] = set()
         self._liveness_at = 0.0
+        self._failures: collections.deque[float] = collections.deque()  # monotonic times of failed passes
         self.egress = Egress(store, self.db, self.site_pauses)
         self.recorder = Recorder(store, self.db, self.counters, self.site_pauses, self.egress)
 
@@ -101,21 +104,11 @@ class Supervisor:
             while True:
                 now = time.monotonic()
                 self.last_turn = now
-                await self._reap()
-                self._enforce(now)
-                await self._refresh(now)
-                self._maintain_slots()
-                if self.stopping:
-                    if not any(s.busy for s in self.slots):
+                try:
+                    if await self._pass(now):
                         break
-                    if now >= self.drain_deadline:
-                        for s in self.slots:
-                            if s.busy:
-                                s.kill("daemon stopping", grace=self.cfg.download.kill_grace, now=now)
-                else:
-                    await self._dispatch(now)
-                    if self.one_shot and self.drained:
-                        break
+                except Exception as exc:  # noqa: BLE001 - one bad pass must not leave downloads unattended
+                    self._pass_failed(now, exc)
                 self._wake.clear()
                 try:
                     await asyncio.wait_for(self._wake.wait(), self._timeout(now))
@@ -123,6 +116,35 @@ class Supervisor:
                     pass
         finally:
             await self._shutdown()
+
+    async def _pass(self, now: float) -> bool:
+        """One turn of the loop; True when the supervisor is done (stopped, or one-shot drained)."""
+        await self._reap()
+        self._enforce(now)
+        await self._refresh(now)
+        self._maintain_slots()
+        if self.stopping:
+            if not any(s.busy for s in self.slots):
+                return True
+            if now >= self.drain_deadline:
+                for s in self.slots:
+                    if s.busy:
+                        s.kill("daemon stopping", grace=self.cfg.download.kill_grace, now=now)
+            return False
+        await self._dispatch(now)
+        return self.one_shot and self.drained
+
+    def _pass_failed(self, now: float, exc: Exception) -> None:
+        """A pass raised something unexpected (a bug, or an error nobody classified): log it with
+        its traceback and go on, so the running downloads are still watched and recorded. If it
+        keeps happening, stop for good with a clear error rather than spin while looking alive."""
+        log.error("supervisor pass failed; carrying on", exc_info=exc)
+        self._failures.append(now)
+        while self._failures and now - self._failures[0] > PASS_FAILURE_WINDOW_S:
+            self._failures.popleft()
+        if len(self._failures) >= PASS_FAILURE_LIMIT:
+            raise SupervisorFailed(f"the supervisor loop failed {len(self._failures)} times within "
+                                   f"{PASS_FAILURE_WINDOW_S:.0f}s, last: {type(exc).__name__}: {exc}") from exc
 
     def _timeout(self, now: float) -> float:
         if any(s.busy for s in self.slots) or self.stopping:
@@ -227,6 +249,7 @@ class Supervisor:
             if slot.kill_sent_at is not None:
                 slot.kill(slot.kill_reason or "", grace=d.kill_grace, now=now)
                 continue
+            slot.watch_io(now)
             p = slot.progress(now)
             limit = d.postprocess_timeout if p.postprocessing else d.stall_timeout
             if p.last_progress_age_s > limit:
