@@ -81,7 +81,7 @@ def request(socket_path: str, message: dict[str, Any], timeout: float = SOCKET_T
         reply = decode_reply(data)
     except ProtocolError as exc:
         raise ControlError(str(exc)) from None
-    if "error" in reply:
+    if "error" in reply and "ok" not in reply:  # refused; {"ok": false, "error"} is an answer (reload)
         raise ControlError(reply["error"])
     return reply
 
@@ -268,8 +268,9 @@ def main(argv: list[str] | None = None, out: TextIO | None = None) -> int:
     try:
         if args.command in SOCKET_COMMANDS:
             sock, problem = config_mod.control_socket(path)
-            if problem:
-                print(f"videofetchctl: warning: {problem}", file=sys.stderr)
+            if problem:  # the daemon is found all the same (control.socket read leniently)
+                print(f"videofetchctl: warning: {problem.splitlines()[0]} (a running daemon keeps the "
+                      "configuration it loaded)", file=sys.stderr)
             cfg = dataclasses.replace(config_mod.Config(), control=config_mod.ControlConfig(socket=sock))
             return COMMANDS[args.command](args, cfg, out)
         cfg = config_mod.load(path)  # never the built-in defaults: a database no daemon reads

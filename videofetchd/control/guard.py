@@ -28,9 +28,6 @@ from ..errors import AlreadyRunning, ConfigError
 MAX_PER_OWN_UID = 256  #: connections root, or the daemon's own user, may hold
 MAX_PER_UID = 32  #: connections any other user may hold
 MAX_OTHERS = 128  #: connections all users but root and the daemon's own may hold together
-#: past its limit, a user's new connection pushes out that user's longest idle one, if it has been
-#: idle this long (seconds): a burst of fresh clients is not cut down before it could ask anything
-IDLE_GRACE_S = 0.5
 RATE_OWN = (200.0, 400.0)  #: requests per second and burst, per user, for root and the daemon's user
 RATE_OTHER = (20.0, 40.0)  #: the same for every other user (a ``nudge`` flood costs little)
 PROBE_TIMEOUT_S = 2.0
@@ -170,8 +167,7 @@ class Admission:
 
     def _push_out(self, mine: list[Conn]) -> bool:
         """Drop the user's longest idle connection to make room for its new one."""
-        now = time.monotonic()
-        idle = [c for c in mine if c.idle_since is not None and now - c.idle_since >= IDLE_GRACE_S]
+        idle = [c for c in mine if c.idle_since is not None]
         if not idle:
             return False
         old = min(idle, key=lambda c: c.idle_since or 0.0)

@@ -36,16 +36,17 @@ FAULT_RETRY_S = 300.0
 
 @dataclass(frozen=True)
 class ProbeResult:
+    started: float  #: monotonic
     directory_probed: bool
     directory: Fault | None
     free: int | None
     space: Fault | None
 
 
-def _probe(directory: str, min_free: int, write: bool) -> ProbeResult:
+def _probe(directory: str, min_free: int, write: bool, started: float) -> ProbeResult:
     fault = probe_directory(directory) if write else None
     free, space = probe_space(directory, min_free)
-    return ProbeResult(write, fault, free, space)
+    return ProbeResult(started, write, fault, free, space)
 
 
 class HostWatch:
@@ -58,13 +59,14 @@ class HostWatch:
         self._pending_since = 0.0
         self._directory_at = self._space_at = float("-inf")
         self._job_fault = False  # disk_space began with a job's ENOSPC/EDQUOT, not the threshold
-        self._baseline: int | None = None  # free bytes at the first probe after that
+        self._fault_at = 0.0  # monotonic time of that
+        self._baseline: int | None = None  # free bytes at the first probe that started after it
 
     def job_fault(self, condition: str, detail: str) -> None:
         """A job failed because of the host: the condition begins now; probe again soon."""
         began = self.health.set(condition, detail)
         if condition == DISK_SPACE and began:
-            self._job_fault, self._baseline = True, None
+            self._job_fault, self._baseline, self._fault_at = True, None, time.monotonic()
         self._directory_at = self._space_at = float("-inf")
 
     async def first(self, cfg: DownloadConfig) -> None:
@@ -103,7 +105,7 @@ class HostWatch:
 
         def run() -> None:
             try:
-                fut.set_result(_probe(cfg.directory, cfg.min_free_space, write))
+                fut.set_result(_probe(cfg.directory, cfg.min_free_space, write, now))
             except BaseException as exc:  # noqa: BLE001 - handed to the loop
                 fut.set_exception(exc)
             self.on_result()
@@ -120,6 +122,8 @@ class HostWatch:
                 h.set(DOWNLOAD_DIRECTORY, r.directory.detail)
             else:
                 h.clear(DOWNLOAD_DIRECTORY, f"{cfg.directory} is writable")
+        if self._job_fault and self._baseline is None and r.started >= self._fault_at:
+            self._baseline = r.free  # how full the disk was when the job hit it
         if r.space is not None:
             h.set(DISK_SPACE, r.space.detail)
             return
@@ -130,8 +134,6 @@ class HostWatch:
         if not self._job_fault:
             h.clear(DISK_SPACE, f"{free} free")
             return
-        if self._baseline is None:
-            self._baseline = r.free
         grown = r.free is not None and self._baseline is not None and r.free >= self._baseline + RESUME_MARGIN
         if grown or time.monotonic() - cond.since_mono >= FAULT_RETRY_S:
             h.clear(DISK_SPACE, f"{free} free" if grown else "trying again")

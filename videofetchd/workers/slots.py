@@ -260,7 +260,7 @@ def stop_helpers() -> None:
                 pass
 
 
-TEMPDIR_PREFIX = "videofetchd-mp-"  #: + "<pid>-": multiprocessing's temporary directory, ours
+TEMPDIR_PREFIX = "vfdmp-"  #: + "<pid>-": our multiprocessing temporary directory (short: it holds a socket path)
 
 
 def _own_tempdir() -> None:
