@@ -283,3 +283,37 @@ def _sigkill_and_restart(tmp_path: Path, tmpdir: Path, env: dict[str, str]) -> N
             assert d2.stop() == 0
         assert list(tmpdir.iterdir()) == [], "a clean stop left a temporary directory"
         checksums_good(db, srv, ["killed-1"])
+
+
+# -- the one-shot fetch stops, with one message ---------------------------------------------------------
+
+def test_one_shot_fetch_stops_when_children_cannot_start(tmp_path: Path) -> None:
+    broken = tmp_path / "broken"
+    (broken / "yt_dlp").mkdir(parents=True)
+    (broken / "yt_dlp" / "__init__.py").write_text("raise ImportError('yt_dlp is broken on purpose')\n")
+    cfg = vfd.write_config(tmp_path, url_template="http://127.0.0.1:9/v/{id}.mp4")
+    assert vfd.ctl(cfg, "add", "never-started").returncode == 0
+    r = vfd.ctl(cfg, "fetch", "--num-workers", "2", timeout=60,
+                env={**os.environ, "PYTHONPATH": f"{broken}{os.pathsep}{os.environ.get('PYTHONPATH', '')}"})
+    assert r.returncode == 1, (r.returncode, r.stderr[-3000:])
+    assert "videofetchctl: stopped: workers_cannot_start:" in r.stderr and "broken on purpose" in r.stderr, r.stderr
+    assert "Traceback" not in r.stderr, r.stderr
+    assert [(row["status"], row["attempts"]) for row in vfd.rows(tmp_path / "queue.db")] == [("queued", 0)]
+
+
+def test_one_shot_fetch_on_a_full_disk_stops_and_burns_nothing(tmp_path: Path) -> None:
+    ids = [f"small-disk-{i}" for i in range(6)]
+    with tmpfs(tmp_path / "videos", "6m"), MediaServer(default_size=2 * MiB) as srv:
+        cfg = vfd.write_config(tmp_path, url_template=srv.url_template,
+                               download={"workers": 1, "min_free_space": "512KiB"})
+        assert vfd.ctl(cfg, "add", *ids).returncode == 0
+        r = vfd.ctl(cfg, "fetch", timeout=120)
+        assert r.returncode == 1, (r.returncode, r.stderr[-3000:])
+        assert "videofetchctl: stopped: disk_space:" in r.stderr, r.stderr[-3000:]
+        rows = by_id(tmp_path / "queue.db")
+        assert "failed" not in vfd.counts(tmp_path / "queue.db"), rows
+        assert all(row["attempts"] == 0 for row in rows.values() if row["status"] == "queued"), rows
+        resize(tmp_path / "videos", "32m")
+        r = vfd.ctl(cfg, "fetch", timeout=120)
+        assert r.returncode == 0, r.stderr[-3000:]
+        checksums_good(tmp_path / "queue.db", srv, ids)
