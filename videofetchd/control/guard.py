@@ -4,10 +4,11 @@ Two guards around the control server. ``take_socket`` makes sure a socket a live
 on is never unlinked: a lock that lives exactly as long as the process holding it (a socket in
 the abstract namespace, named after the socket's path, so a SIGKILL leaves nothing behind), plus
 a probe of the path for a daemon that holds none. ``Admission`` shares the server among users by
-the peer's uid (SO_PEERCRED): each user may hold a few connections (a new one pushes out that
-user's oldest idle one, so idle connections can never lock a user out of its own daemon), all
-other users together a bounded number, and each user's requests are rate limited. Root and the
-daemon's own user have budgets of their own that nobody else can use up. Standard library only.
+the peer's uid (SO_PEERCRED): each user may hold a bounded number of connections (past it, a new
+one pushes out that user's longest idle one, so idle connections can never lock a user out of its
+own daemon), all other users together a bounded number, and each user's requests are rate
+limited. Root and the daemon's own user have budgets of their own that nobody else can use up.
+Standard library only.
 """
 
 from __future__ import annotations
