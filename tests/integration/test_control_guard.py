@@ -129,6 +129,7 @@ def test_a_thousand_idle_connections_do_not_keep_status_out(tmp_path: Path) -> N
         path = sock_of(cfg)
         with idle_connections(path, 1000) as held:
             assert len(held) > 300, f"only {len(held)} connections were made"
+            assert request(path, {"cmd": "status"}, timeout=10.0)["pid"] == d.pid  # the flood is taken in
             for _ in range(5):  # every time, not once by luck
                 reply = request(path, {"cmd": "status"}, timeout=1.0)  # raises if no answer within 1 s
                 assert reply["pid"] == d.pid

@@ -243,15 +243,20 @@ def stop_helpers() -> None:
     """Stop multiprocessing's forkserver and resource tracker once every slot is gone, so that a
     clean daemon exit leaves no process behind for systemd to SIGKILL."""
     from multiprocessing import forkserver, resource_tracker
+    from multiprocessing.synchronize import SemLock
     # An executor's queues (and their semaphores) live as long as its management thread; a
-    # tracker stopped before they are gone reports them "leaked", and their finalizers then
-    # fail at exit. Executors of dead children (discard()) finish within moments: wait for them.
+    # tracker stopped before they are gone reports them "leaked", and their finalizers then fail
+    # at exit with tracebacks. Executors of dead children (discard()) finish within moments: wait
+    # for them, and leave the tracker to exit with us if some semaphore is still alive anyway.
     deadline = time.monotonic() + 2.0
     for thread in threading.enumerate():
         if type(thread).__name__ == "_ExecutorManagerThread":
             thread.join(max(0.0, deadline - time.monotonic()))
     gc.collect()
-    for helper in (getattr(forkserver, "_forkserver", None), getattr(resource_tracker, "_resource_tracker", None)):
+    helpers = [getattr(forkserver, "_forkserver", None)]
+    if not any(isinstance(o, SemLock) for o in gc.get_objects()):
+        helpers.append(getattr(resource_tracker, "_resource_tracker", None))
+    for helper in helpers:
         stop = getattr(helper, "_stop", None)  # private, but the only way short of exiting
         if stop is not None:
             try:
