@@ -397,40 +397,6 @@ def load(path: str | os.PathLike[str] | None = None, *, missing_ok: bool = False
     return from_dict(data, path)
 
 
-def control_socket(path: str | os.PathLike[str] | None = None) -> tuple[str, str | None]:
-    """The control socket path even when the file is invalid (so ``videofetchctl status`` can
-    still show a daemon's reload error); returns (socket, problem or None)."""
-    try:
-        return load(path, missing_ok=path is None).control.socket, None
-    except ConfigError as exc:
-        problem = str(exc)
-    try:
-        text = Path(str(path or default_path())).read_text(encoding="utf-8")
-    except (OSError, UnicodeDecodeError):
-        return ControlConfig().socket, problem
-    try:
-        value = yaml.safe_load(text)["control"]["socket"]
-    except (yaml.YAMLError, KeyError, TypeError):
-        value = _socket_from_lines(text)  # not YAML any more (an edit half done): read it line by line
-    if isinstance(value, str) and value:
-        return value, problem
-    return ControlConfig().socket, problem
-
-
-def _socket_from_lines(text: str) -> str | None:
-    """``control.socket`` from block-style YAML that does not parse as a whole."""
-    section = None
-    for line in text.splitlines():
-        top = re.match(r"([A-Za-z_][\w-]*)\s*:", line)
-        if top:
-            section = top.group(1)
-            continue
-        m = re.match(r"\s+socket\s*:\s*(['\"]?)([^'\"#]+?)\1\s*(?:#.*)?$", line)
-        if section == "control" and m:
-            return m.group(2).strip()
-    return None
-
-
 def keep_restart_keys(old: Config, new: Config) -> Config:
     """``new`` with the old values of the keys a reload cannot apply (the others take effect)."""
     sections: dict[str, Any] = {}

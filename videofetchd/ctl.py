@@ -267,7 +267,8 @@ def main(argv: list[str] | None = None, out: TextIO | None = None) -> int:
     path = getattr(args, "config", None)
     try:
         if args.command in SOCKET_COMMANDS:
-            sock, problem = config_mod.control_socket(path)
+            from .control.locate import control_socket  # light: config and PyYAML, loaded anyway
+            sock, problem = control_socket(path)
             if problem:  # the daemon is found all the same (control.socket read leniently)
                 print(f"videofetchctl: warning: {problem.splitlines()[0]} (a running daemon keeps the "
                       "configuration it loaded)", file=sys.stderr)

@@ -11,6 +11,7 @@ import pytest
 from videofetchd import config as config_mod
 from videofetchd.config import DownloadConfig
 from videofetchd.control import guard
+from videofetchd.control.locate import control_socket
 from videofetchd.workers.breaker import CrashBreaker
 from videofetchd.workers.health import DISK_SPACE, WORKERS_CANNOT_START, WORKERS_CRASHING, Health
 
@@ -114,7 +115,7 @@ def test_control_socket_is_found_in_a_file_that_does_not_parse(tmp_path: Path) -
     path = tmp_path / "broken.yaml"
     path.write_text('database:\n  url: sqlite:////x.db\ncontrol:\n  socket: "/run/x/control.sock"  # here\n'
                     "download: [workers: 3\n")
-    sock, problem = config_mod.control_socket(path)
+    sock, problem = control_socket(path)
     assert sock == "/run/x/control.sock" and problem is not None and "invalid YAML" in problem
     path.write_text("control:\n  mode: '0600'\nother:\n  socket: /not/this\ndownload: [\n")
-    assert config_mod.control_socket(path)[0] == config_mod.ControlConfig().socket
+    assert control_socket(path)[0] == config_mod.ControlConfig().socket
