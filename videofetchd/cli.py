@@ -10,7 +10,7 @@ import sys
 
 from . import __version__
 from . import config as config_mod
-from .errors import EXIT_OK, VideofetchdError
+from .errors import EXIT_FAILURE, EXIT_OK, VideofetchdError
 from .logs import setup_logging
 
 log = logging.getLogger("videofetchd")
@@ -22,6 +22,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--config", metavar="PATH",
                    help=f"YAML config (default {config_mod.DEFAULT_CONFIG_PATH}, or ${config_mod.CONFIG_ENV})")
     p.add_argument("--check-config", action="store_true", help="validate the config and exit (0 valid, 78 invalid)")
+    p.add_argument("--check", action="store_true",
+                   help="the doctor: check config, database, directories and socket, one line each (exit 1 on errors)")
+    p.add_argument("--json", action="store_true", help="with --check: print the checks as JSON")
     p.add_argument("-v", "--verbose", action="store_true", help="debug logging and tracebacks")
     p.add_argument("--version", action="version", version=f"videofetchd {__version__}")
     return p
@@ -30,6 +33,8 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     faulthandler.enable()  # a watchdog SIGABRT then dumps every thread's stack to the journal
+    if args.check:
+        return check(args.config, as_json=args.json)
     try:
         cfg = config_mod.load(args.config)
         if args.check_config:
@@ -44,6 +49,14 @@ def main(argv: list[str] | None = None) -> int:
         log.debug("details", exc_info=exc)
         print(f"videofetchd: {exc}", file=sys.stderr)
         return exc.exit_code
+
+
+def check(path: str | None, *, as_json: bool) -> int:
+    """``videofetchd --check``: exit 0 when no check is an error, 1 otherwise."""
+    from .control import doctor
+    checks = doctor.run_checks(doctor.context(path))
+    print(doctor.to_json(checks) if as_json else doctor.format_checks(checks))
+    return EXIT_FAILURE if doctor.failed(checks) else EXIT_OK
 
 
 if __name__ == "__main__":

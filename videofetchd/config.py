@@ -87,6 +87,8 @@ class DownloadConfig:
     recycle_rss: int = field(default=512 * 1024**2, metadata={"kind": "size", "min": 16 * 1024**2})
     crash_limit: int = _int(5, minimum=1)  # child deaths within crash_window that pause claiming
     crash_window: float = _duration(60.0, minimum=1.0)
+    #: bytes; below this much free space in directory claiming pauses (0: only a full disk pauses)
+    min_free_space: int = field(default=1024**3, metadata={"kind": "size", "min": 0})
     ytdlp: dict[str, Any] = field(default_factory=dict)  # extra YoutubeDL params, passed through
     identities: tuple[Identity, ...] = ()  # egress identities with budgets; none = one implicit identity
 
@@ -364,15 +366,28 @@ def default_path() -> str:
     return os.environ.get(CONFIG_ENV) or DEFAULT_CONFIG_PATH
 
 
+def missing_config(explicit: bool, path: str) -> str:
+    """Why no config was found, and how to name one: a command that silently used the built-in
+    defaults would queue into a database no daemon reads."""
+    if explicit:
+        return f"{path}: no such file"
+    if os.environ.get(CONFIG_ENV):
+        return f"{path} (from ${CONFIG_ENV}): no such file"
+    return (f"no configuration: {path} does not exist and neither --config PATH nor ${CONFIG_ENV} names "
+            f"another file; give one of them (for `make run`: export {CONFIG_ENV}=$PWD/.run/videofetchd.yaml)")
+
+
 def load(path: str | os.PathLike[str] | None = None, *, missing_ok: bool = False) -> Config:
-    """Read and validate a config file; ``missing_ok`` gives the defaults when it does not exist."""
+    """Read and validate a config file (``None``: $VIDEOFETCHD_CONFIG or the default path);
+    ``missing_ok`` gives the defaults when it does not exist (the ``Fetcher`` API only)."""
+    explicit = path is not None
     path = str(path or default_path())
     try:
         text = Path(path).read_text(encoding="utf-8")
     except FileNotFoundError:
         if missing_ok:
             return dataclasses.replace(Config(), path=path)
-        raise ConfigError(f"{path}: no such file") from None
+        raise ConfigError(missing_config(explicit, path)) from None
     except (OSError, UnicodeDecodeError) as exc:
         raise ConfigError(f"{path}: cannot read: {exc}") from None
     try:
@@ -380,23 +395,6 @@ def load(path: str | os.PathLike[str] | None = None, *, missing_ok: bool = False
     except yaml.YAMLError as exc:
         raise ConfigError(f"{path}: invalid YAML: {exc}") from None
     return from_dict(data, path)
-
-
-def control_socket(path: str | os.PathLike[str] | None = None) -> tuple[str, str | None]:
-    """The control socket path even when the file is invalid (so ``videofetchctl status`` can
-    still show a daemon's reload error); returns (socket, problem or None)."""
-    try:
-        return load(path, missing_ok=path is None).control.socket, None
-    except ConfigError as exc:
-        problem = str(exc)
-    try:
-        data = yaml.safe_load(Path(str(path or default_path())).read_text(encoding="utf-8"))
-        value = data["control"]["socket"]
-        if isinstance(value, str) and value:
-            return value, problem
-    except (OSError, yaml.YAMLError, KeyError, TypeError, UnicodeDecodeError):
-        pass
-    return ControlConfig().socket, problem
 
 
 def keep_restart_keys(old: Config, new: Config) -> Config:

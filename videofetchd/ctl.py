@@ -15,6 +15,7 @@ import json
 import logging
 import socket
 import sys
+import time
 from typing import Any, TextIO
 
 from . import __version__
@@ -28,37 +29,59 @@ log = logging.getLogger("videofetchctl")
 SOCKET_TIMEOUT_S = 10.0
 
 
-def request(socket_path: str, message: dict[str, Any], timeout: float = SOCKET_TIMEOUT_S) -> dict[str, Any]:
-    """One request/reply on the control socket; NotRunning if nobody answers."""
-    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-    sock.settimeout(timeout)
-    try:
+def _connect(socket_path: str, deadline: float) -> socket.socket:
+    """A connected socket; a full listen queue (EAGAIN: a burst of clients) is waited out."""
+    while True:
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        sock.settimeout(max(0.1, deadline - time.monotonic()))
         try:
             sock.connect(socket_path)
+            return sock
         except FileNotFoundError:
+            sock.close()
             raise NotRunning(f"videofetchd is not running (no socket at {socket_path})") from None
         except ConnectionRefusedError:
+            sock.close()
             raise NotRunning(f"videofetchd is not running (nobody listens on {socket_path})") from None
         except PermissionError:
+            sock.close()
             raise ControlError(f"permission denied on {socket_path} (are you in its group?)") from None
-        sock.sendall(encode(message))
-        data = b""
-        while not data.endswith(b"\n"):
-            chunk = sock.recv(65536)
-            if not chunk:
-                break
-            data += chunk
+        except BlockingIOError:
+            sock.close()
+            if time.monotonic() >= deadline:
+                raise socket.timeout() from None
+            time.sleep(0.01)
+        except BaseException:
+            sock.close()
+            raise
+
+
+def request(socket_path: str, message: dict[str, Any], timeout: float = SOCKET_TIMEOUT_S) -> dict[str, Any]:
+    """One request/reply on the control socket; NotRunning if nobody answers."""
+    deadline = time.monotonic() + timeout
+    data = b""
+    try:
+        with _connect(socket_path, deadline) as sock:
+            sock.settimeout(max(0.1, deadline - time.monotonic()))
+            sock.sendall(encode(message))
+            while not data.endswith(b"\n"):
+                chunk = sock.recv(65536)
+                if not chunk:
+                    break
+                data += chunk
     except socket.timeout:
         raise ControlError(f"videofetchd did not answer within {timeout:.0f}s on {socket_path}") from None
-    finally:
-        sock.close()
+    except OSError as exc:  # reset, broken pipe: the daemon dropped us (stopping, or too busy)
+        if not data:
+            raise ControlError(f"videofetchd dropped the connection on {socket_path} "
+                               f"({exc.strerror or type(exc).__name__}); try again") from None
     if not data:
         raise NotRunning(f"videofetchd closed the connection on {socket_path}")
     try:
         reply = decode_reply(data)
     except ProtocolError as exc:
         raise ControlError(str(exc)) from None
-    if "error" in reply:
+    if "error" in reply and "ok" not in reply:  # refused; {"ok": false, "error"} is an answer (reload)
         raise ControlError(reply["error"])
     return reply
 
@@ -244,12 +267,17 @@ def main(argv: list[str] | None = None, out: TextIO | None = None) -> int:
     path = getattr(args, "config", None)
     try:
         if args.command in SOCKET_COMMANDS:
-            sock, problem = config_mod.control_socket(path)
-            if problem:
-                print(f"videofetchctl: warning: {problem}", file=sys.stderr)
+            from .control.locate import control_socket  # light: config and PyYAML, loaded anyway
+            sock, problem = control_socket(path)
+            if problem:  # the daemon is found all the same (control.socket read leniently)
+                print(f"videofetchctl: warning: {problem.splitlines()[0]} (a running daemon keeps the "
+                      "configuration it loaded)", file=sys.stderr)
             cfg = dataclasses.replace(config_mod.Config(), control=config_mod.ControlConfig(socket=sock))
             return COMMANDS[args.command](args, cfg, out)
-        cfg = config_mod.load(path, missing_ok=path is None)
+        cfg = config_mod.load(path)  # never the built-in defaults: a database no daemon reads
+        if args.verbose:
+            from .queue.store import redact
+            print(f"videofetchctl: config {cfg.path}, database {redact(cfg.database.url)}", file=sys.stderr)
         if args.command not in COMMANDS:
             from .library.commands import SCAN_COMMANDS
             return SCAN_COMMANDS[args.command](args, cfg, out)

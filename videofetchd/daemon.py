@@ -22,13 +22,15 @@ from .config import Config
 from .errors import ConfigError
 from .control.server import ConfigInfo, ControlServer, ScanStatus, snapshot
 from .queue.store import Store, open_store, redact
-from .workers.slots import pid_alive
+from .control import doctor
+from .workers.slots import pid_alive, remove_stale_tempdirs
 from .workers.supervisor import Supervisor
 from .control.systemd import Notifier, watchdog_period
 
 log = logging.getLogger(__name__)
 STATUS_EVERY_S = 1.0
 READY_TIMEOUT_S = 60.0
+NUDGE_EVERY_S = 0.05  #: nudges closer together than this are answered by one claim
 
 
 def _now_iso() -> str:
@@ -48,9 +50,32 @@ class Daemon:
         self.scan_task: asyncio.Task[None] | None = None
         self.scan_next: Config | None = None  # a reload changed scan.directories while a scan ran
         self.scan_status = ScanStatus()
+        self._nudged_at = 0.0
+        self._nudge_due = False
 
     async def run(self) -> int:
         loop = asyncio.get_running_loop()
+        checks = await loop.run_in_executor(None, functools.partial(
+            doctor.run_checks, doctor.Context(self.cfg.path, self.cfg, None), at_start=True))
+        (log.info if not any(c.status != doctor.OK for c in checks) else log.warning)(
+            "start-up checks: %s", doctor.summary(checks))
+        self.server = ControlServer(self.cfg.control.socket, int(self.cfg.control.mode, 8), {
+            "status": self._cmd_status, "ping": self._cmd_ping, "nudge": self._cmd_nudge,
+            "reload": self._cmd_reload, "pause": self._cmd_pause, "resume": self._cmd_resume,
+        })
+        try:
+            self.server.claim()  # a live daemon's socket is never taken over: AlreadyRunning (75)
+        except OSError as exc:
+            raise ConfigError(f"control.socket: cannot use {self.cfg.control.socket}: {exc.strerror or exc}") from exc
+        for path in remove_stale_tempdirs():
+            log.info("removed %s, left behind by a process that was killed", path)
+        try:
+            return await self._run(loop)
+        finally:
+            await self.server.stop()
+
+    async def _run(self, loop: asyncio.AbstractEventLoop) -> int:
+        assert self.server is not None
         self.store = store = await loop.run_in_executor(None, open_store, self.cfg.database.url)
         log.info("database %s open (%s)", redact(self.cfg.database.url), store.backend)
         node = self.cfg.node_name()
@@ -59,10 +84,6 @@ class Daemon:
         sup.scanning = bool(self.cfg.scan.directories)  # the start-up scan goes first
         for sig in (signal.SIGHUP, signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, self._record_signal, sig)
-        self.server = ControlServer(self.cfg.control.socket, int(self.cfg.control.mode, 8), {
-            "status": self._cmd_status, "ping": self._cmd_ping, "nudge": self._cmd_nudge,
-            "reload": self._cmd_reload, "pause": self._cmd_pause, "resume": self._cmd_resume,
-        })
         try:
             await self.server.start()
         except OSError as exc:
@@ -86,7 +107,6 @@ class Daemon:
             if not task.done():
                 sup.request_stop(quick=True)
             await asyncio.gather(task, return_exceptions=True)
-            await self.server.stop()
             store.close()
         task.result()  # a supervisor crash is a bug: let it reach the CLI
         log.info("stopped; queue: %s", sup.queue_counts)
@@ -97,7 +117,7 @@ class Daemon:
         assert self.sup is not None
         deadline = time.monotonic() + READY_TIMEOUT_S
         while not (self.sup.started and all(s.pid for s in self.sup.slots)):
-            if task.done() or self.signals or time.monotonic() > deadline:
+            if task.done() or self.signals or time.monotonic() > deadline or self.sup.breaker.cannot_start:
                 break
             await asyncio.sleep(0.02)
 
@@ -272,6 +292,8 @@ class Daemon:
                  f"failed {q.get('failed', 0)}"]
         if not sup.db_health.ok:
             parts.insert(0, "database unavailable")
+        if not sup.health.ok:  # names only: STATUS= is ASCII, IDs and numbers, never paths or titles
+            parts.insert(0, "PAUSED by " + ", ".join(sup.health.names()))
         if self.scan_status.running:
             parts.append(f"scanning ({self.scan_status.videos_found} videos so far)")
         if self.info.last_reload_error:
@@ -298,12 +320,26 @@ class Daemon:
         return snapshot(self.sup, self.info, self.scan_status)
 
     async def _cmd_ping(self, _req: dict[str, Any]) -> dict[str, Any]:
-        return {"ok": True}
+        return {"ok": True, "pid": os.getpid()}
 
     async def _cmd_nudge(self, _req: dict[str, Any]) -> dict[str, Any]:
+        """Claim now (``videofetchctl add``); a flood of nudges wakes the loop at most every
+        NUDGE_EVERY_S, so it cannot cost a core."""
         assert self.sup is not None
-        self.sup.wake(claim=True)
+        now = time.monotonic()
+        if now - self._nudged_at >= NUDGE_EVERY_S:
+            self._nudged_at = now
+            self.sup.wake(claim=True)
+        elif not self._nudge_due:
+            self._nudge_due = True
+            asyncio.get_running_loop().call_later(NUDGE_EVERY_S - (now - self._nudged_at), self._late_nudge)
         return {"ok": True}
+
+    def _late_nudge(self) -> None:
+        self._nudge_due = False
+        self._nudged_at = time.monotonic()
+        if self.sup is not None:
+            self.sup.wake(claim=True)
 
     async def _cmd_reload(self, _req: dict[str, Any]) -> dict[str, Any]:
         return await self._reload()

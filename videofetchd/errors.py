@@ -11,7 +11,9 @@ EXIT_OK = 0
 EXIT_FAILURE = 1  #: some jobs failed (one-shot fetch), or an unexpected error
 EXIT_USAGE = 2  #: bad command line or bad input (argparse uses 2 too)
 EXIT_NOT_RUNNING = 3  #: LSB "program is not running" (videofetchctl status)
-EXIT_TEMPFAIL = 75  #: EX_TEMPFAIL: the database is unreachable at start; systemd may retry
+#: EX_TEMPFAIL: the database is unreachable at start or its file vanished, or another daemon holds
+#: the control socket; systemd may retry
+EXIT_TEMPFAIL = 75
 EXIT_CONFIG = 78  #: EX_CONFIG: the configuration is invalid; RestartPreventExitStatus=78
 EXIT_INTERRUPTED = 130  #: 128 + SIGINT: a videofetchctl command stopped by Ctrl-C
 
@@ -43,6 +45,28 @@ class DatabaseRefused(VideofetchdError):
 
 class SupervisorFailed(VideofetchdError):
     """The supervisor loop kept failing; the daemon stops (non-zero) for systemd to restart it."""
+
+
+class DatabaseGone(VideofetchdError):
+    """The SQLite database file was deleted or replaced while it was open: results written from
+    now on would land in a file nobody can reach, so the daemon stops (a restart opens a fresh one)."""
+
+    exit_code = EXIT_TEMPFAIL
+
+
+class AlreadyRunning(VideofetchdError):
+    """Another videofetchd answers on the control socket (its socket is never taken over)."""
+
+    exit_code = EXIT_TEMPFAIL
+
+
+class HostFault(VideofetchdError):
+    """A host condition (full disk, unusable download directory, worker processes that cannot
+    start) stopped a one-shot fetch; the rows it hit went back to the queue uncharged."""
+
+    def __init__(self, message: str, conditions: tuple[str, ...] = ()) -> None:
+        super().__init__(message)
+        self.conditions = conditions  #: the health condition names that were active
 
 
 class InvalidVideoId(VideofetchdError):

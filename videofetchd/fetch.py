@@ -10,10 +10,13 @@ import asyncio
 import collections
 import dataclasses
 import functools
+import ast
 import logging
+import multiprocessing.process
 import signal
 import sys
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import TextIO
 
 from . import config as config_mod
@@ -21,6 +24,9 @@ from .config import Config
 from .control.display import format_worker, human_duration
 from .control.server import ConfigInfo, snapshot
 from .queue.store import open_store
+from .errors import HostFault
+from .workers.health import WORKERS_CANNOT_START
+from .workers.slots import remove_stale_tempdirs
 from .workers.supervisor import Supervisor
 
 log = logging.getLogger(__name__)
@@ -70,6 +76,9 @@ async def run_fetch(cfg: Config, *, num_workers: int | None = None, existing_vid
     if num_workers is not None:
         _check_workers(num_workers)
         cfg = dataclasses.replace(cfg, download=dataclasses.replace(cfg.download, workers=num_workers))
+    _refuse_in_a_worker()
+    for path in remove_stale_tempdirs():
+        log.info("removed %s, left behind by a process that was killed", path)
     loop = asyncio.get_running_loop()
     store = await loop.run_in_executor(None, open_store, cfg.database.url)
     scanned = 0
@@ -86,6 +95,14 @@ async def run_fetch(cfg: Config, *, num_workers: int | None = None, existing_vid
     drawer = asyncio.create_task(_draw(sup, cfg, live)) if live is not None else None
     try:
         await task
+    except HostFault as exc:
+        script = unguarded_main_script() if WORKERS_CANNOT_START in exc.conditions else None
+        if script is None:
+            raise
+        raise HostFault(f"worker processes cannot start: {script} calls videofetchd when it is imported, and "
+                        "multiprocessing imports the main script again in every worker process. Put the "
+                        f"call under a main guard:\n\n    if __name__ == \"__main__\":\n"
+                        "        asyncio.run(Fetcher().fetch(...))\n") from None
     finally:
         for sig in handlers:
             loop.remove_signal_handler(sig)
@@ -112,6 +129,31 @@ async def _draw(sup: Supervisor, cfg: Config, out: TextIO) -> None:
         out.flush()
         shown = len(lines)
         await asyncio.sleep(REDRAW_S)
+
+
+def _refuse_in_a_worker() -> None:
+    """Exit at once, quietly, when called while multiprocessing bootstraps a worker process: that
+    is a script without a main guard being imported again in the worker (the parent reports it,
+    once). Without this every worker would open the database and start a fetch of its own."""
+    if getattr(multiprocessing.process.current_process(), "_inheriting", False):
+        raise SystemExit(1)
+
+
+def unguarded_main_script() -> str | None:
+    """The main script, when it runs code at import time without ``if __name__ == "__main__":``."""
+    main = sys.modules.get("__main__")
+    path = getattr(main, "__file__", None)
+    spec = getattr(main, "__spec__", None)
+    if not path or (spec is not None and spec.name.endswith("__main__")):  # python -m package: never re-run
+        return None
+    try:
+        tree = ast.parse(Path(path).read_text(encoding="utf-8"))
+    except (OSError, SyntaxError, ValueError):
+        return None
+    for node in tree.body:
+        if isinstance(node, ast.If) and "__name__" in ast.unparse(node.test) and "__main__" in ast.unparse(node.test):
+            return None
+    return str(path)
 
 
 class Fetcher:

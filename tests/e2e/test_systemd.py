@@ -216,6 +216,45 @@ def test_watchdog_restarts_frozen_main_process(svc: nspawn.Container) -> None:
         c.C("systemctl", "daemon-reload")
 
 
+def test_doctor_and_a_second_daemon_as_the_service_user(svc: nspawn.Container) -> None:
+    """`videofetchd --check` as the service's user finds the set-up good and the socket taken; a
+    second daemon started by hand is refused and the service keeps its socket."""
+    c = svc
+    nspawn.wait_for(lambda: status(c), 30, "the service to answer status")
+    pid = show(c)["MainPID"]
+    r = c.C("runuser", "-u", "videofetchd", "--", "videofetchd", "--check", "--json", "--config", CONFIG,
+            check=False, timeout=60)
+    checks = {x["name"]: x for x in json.loads(r.stdout)["checks"]}
+    assert r.returncode == 1, r.stdout + r.stderr
+    for name in ("config", "database", "download_directory", "free_space"):
+        assert checks[name]["status"] == "ok", checks
+    assert checks["control_socket"]["status"] == "error", checks
+    assert f"videofetchd pid {pid} already answers" in checks["control_socket"]["detail"], checks
+    r = c.C("runuser", "-u", "videofetchd", "--", "videofetchd", "--config", CONFIG, check=False, timeout=60)
+    assert r.returncode == 75 and "already" in r.stderr, (r.returncode, r.stderr)
+    st = status(c)
+    assert st is not None and str(st["pid"]) == pid
+    assert "start-up checks: config ok, database ok" in c.journal(UNIT, lines=400)
+
+
+def test_a_deleted_database_restarts_the_service_on_a_fresh_file(svc: nspawn.Container) -> None:
+    c = svc
+    before = nspawn.wait_for(lambda: status(c) and show(c), 30, "the service to answer status")
+    c.sh(f"rm -f {DB} {DB}-wal {DB}-shm")
+
+    def restarted() -> dict[str, str] | None:
+        p = show(c)
+        ok = (int(p["NRestarts"]) > int(before["NRestarts"]) and p["ActiveState"] == "active"
+              and p["MainPID"] not in ("0", before["MainPID"]))
+        return p if ok and status(c) else None
+    nspawn.wait_for(restarted, 60, "systemd to restart the daemon whose database was deleted", 0.5)
+    journal = c.journal(UNIT, lines=400)
+    assert f"the database file {DB} was deleted" in journal, journal[-3000:]
+    assert "status=75" in journal, journal[-3000:]
+    assert c.path(DB).exists()  # a fresh one
+    assert db_count(c, "video_id LIKE 'e2estop%'") == 0  # the rows of the deleted file are gone
+
+
 def test_make_install_destdir_and_uninstall(installed: nspawn.Container) -> None:
     """A staged (DESTDIR) install is relocatable and never overwrites an existing config."""
     c = installed

@@ -85,8 +85,13 @@ def format_status(st: dict[str, Any]) -> str:
         if cfg.get("restart_required"):
             lines.append("changed keys that need a restart: " + ", ".join(cfg["restart_required"]))
     db = st.get("database") or {}
+    if db.get("url"):
+        lines.append(f"database: {db['url']}")
     if db and not db.get("ok", True):
         lines.append(f"database UNAVAILABLE: {db.get('error')} ({db.get('pending_results', 0)} results held)")
+    for cond in (st.get("health") or {}).get("conditions") or []:
+        lines.append(f"HOST CONDITION {cond.get('name')} (since {cond.get('since')}): {cond.get('detail')}; "
+                     "no new jobs until it clears")
     for note in st.get("notes") or []:
         lines.append(f"note: {note}")
     scan = st.get("scan") or {}

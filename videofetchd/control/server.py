@@ -3,7 +3,9 @@
 Served by the daemon's event loop, no thread. Anyone who can open the socket (its file mode
 decides) may read ``status``; commands that change the daemon need SO_PEERCRED to show root, the
 daemon's own user or a member of the socket's group. A malformed, oversized or slow request gets
-an error reply and its connection closed; the server itself never stops over a client.
+an error reply and its connection closed; the server itself never stops over a client. Idle
+connections are dropped after a few seconds, and ``guard`` shares the server among users (limits
+per uid, rate limits) and keeps a second daemon off a socket a live one answers on.
 """
 
 from __future__ import annotations
@@ -12,14 +14,14 @@ import asyncio
 import logging
 import os
 import socket
-import stat
-import struct
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import asdict, dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from .. import __version__
+from ..queue.store import redact
+from .guard import Admission, peer_creds, take_socket
 from .protocol import MAX_LINE, PRIVILEGED, PROTOCOL_VERSION, ProtocolError, decode_request, encode, error_reply
 
 if TYPE_CHECKING:
@@ -27,8 +29,8 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 Handler = Callable[[dict[str, Any]], Awaitable[dict[str, Any]]]
-CLIENT_IDLE_TIMEOUT_S = 10.0
-MAX_CLIENTS = 64
+CLIENT_IDLE_TIMEOUT_S = 5.0  #: a connection that sends no request for this long is dropped
+LISTEN_BACKLOG = 1024  #: pending connections the kernel queues for us (a burst never gets EAGAIN)
 
 
 @dataclass
@@ -94,15 +96,16 @@ def snapshot(sup: Supervisor, info: ConfigInfo, scan: ScanStatus | None = None) 
     elif scan is not None and scan.running:
         notes.append(f"library scan running for {now - scan.started_at:.0f}s{found}: "
                      "longer than scan.claim_hold, so new jobs no longer wait for it")
-    if sup.crash_pause_until > now:
-        notes.append(f"claiming paused for {sup.crash_pause_until - now:.0f}s: worker children keep dying")
+    if sup.breaker.pause_until > now:
+        notes.append(f"claiming paused for {sup.breaker.pause_until - now:.0f}s: worker children keep dying")
     db = sup.db_health
     return {
         "v": PROTOCOL_VERSION, "version": __version__, "pid": os.getpid(), "node": sup.node, "lease_owner": sup.owner,
         "state": sup.state, "uptime_s": round(now - sup.started_at, 1),
         "config": asdict(info),
         "database": {"ok": db.ok, "error": db.error, "pending_results": len(db.pending),
-                     "backend": sup.store.backend},
+                     "backend": sup.store.backend, "url": redact(sup.store.url)},
+        "health": sup.health.to_dict(),
         "workers": workers,
         "queue": dict(sup.queue_counts),
         "counters": asdict(sup.counters),
@@ -122,8 +125,7 @@ def peer_may_control(sock: socket.socket, socket_path: str, mode: int) -> bool:
     """
     if not mode & 0o007:
         return True
-    pid, uid, gid = struct.unpack("3i", sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED,
-                                                        struct.calcsize("3i")))
+    pid, uid, gid = peer_creds(sock)
     if uid in (0, os.getuid()):
         return True
     try:
@@ -148,33 +150,54 @@ class ControlServer:
         self.mode = mode
         self.handlers = handlers
         self.server: asyncio.AbstractServer | None = None
-        self.clients = 0
+        self.admission = Admission()
+        self._lock: socket.socket | None = None
+        self._inode: tuple[int, int] | None = None  # the socket file we created, to remove only ours
+
+    def claim(self) -> None:
+        """Make the path ours before anything else starts: AlreadyRunning when a live daemon holds
+        it (its socket is left alone), OSError when its directory is unusable."""
+        if self._lock is None:
+            os.makedirs(os.path.dirname(self.path) or ".", exist_ok=True)
+            self._lock, stale = take_socket(self.path)
+            if stale:
+                log.info("removed the stale control socket %s of an earlier run", self.path)
 
     async def start(self) -> None:
-        os.makedirs(os.path.dirname(self.path) or ".", exist_ok=True)
-        if os.path.exists(self.path) and stat.S_ISSOCK(os.lstat(self.path).st_mode):
-            os.unlink(self.path)  # stale socket of a previous run
+        """Listen on the path (claimed first, if not yet)."""
+        self.claim()
         old = os.umask(0o777 & ~self.mode)  # created with its final mode: no chmod race
         try:
-            self.server = await asyncio.start_unix_server(self._client, self.path, limit=MAX_LINE + 2)
+            self.server = await asyncio.start_unix_server(self._client, self.path, limit=MAX_LINE + 2,
+                                                          backlog=LISTEN_BACKLOG)
         finally:
             os.umask(old)
         os.chmod(self.path, self.mode)
+        st = os.stat(self.path)
+        self._inode = (st.st_dev, st.st_ino)
 
     async def stop(self) -> None:
         if self.server is not None:
             self.server.close()
             self.server = None
             try:
-                os.unlink(self.path)
+                st = os.lstat(self.path)
+                if (st.st_dev, st.st_ino) == self._inode:  # never another daemon's socket
+                    os.unlink(self.path)
             except FileNotFoundError:
                 pass
+        if self._lock is not None:
+            self._lock.close()
+            self._lock = None
 
     async def _client(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        self.clients += 1
+        conn = None
         try:
-            if self.clients > MAX_CLIENTS:
-                writer.write(encode(error_reply("too many clients")))
+            sock = writer.get_extra_info("socket")
+            uid = peer_creds(sock)[1] if sock is not None else -1
+            conn = self.admission.admit(uid, writer.close)
+            if conn is None:
+                writer.write(encode(error_reply("too many clients of this user")))
                 return
             while True:
                 try:
@@ -187,16 +210,22 @@ class ControlServer:
                     writer.write(encode(error_reply(f"request longer than {MAX_LINE} bytes")))
                     return
                 except asyncio.TimeoutError:
-                    return
+                    return  # idle: a connection that asks nothing holds nothing
+                conn.busy(True)
+                delay = self.admission.wait(conn)
+                if delay > 0:
+                    await asyncio.sleep(delay)  # this user's rate: its requests queue, nobody else's
                 reply, keep_open = await self._answer(line, writer)
                 writer.write(encode(reply))
-                await writer.drain()
+                await asyncio.wait_for(writer.drain(), CLIENT_IDLE_TIMEOUT_S)  # a client that never reads
+                conn.busy(False)
                 if not keep_open:
                     return
-        except (ConnectionError, OSError):
+        except (ConnectionError, OSError, asyncio.TimeoutError):
             pass
         finally:
-            self.clients -= 1
+            if conn is not None:
+                self.admission.release(conn)
             writer.close()
 
     async def _answer(self, line: bytes, writer: asyncio.StreamWriter) -> tuple[dict[str, Any], bool]:

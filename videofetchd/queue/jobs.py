@@ -64,7 +64,8 @@ class Outcome:
     file_size: int | None = None
     extractor: str | None = None
     error: str | None = None
-    kind: ErrorKind | None = None
+    kind: ErrorKind | None = None  #: None: not the row's fault; handed back without charging an attempt
+    condition: str | None = None  #: the host condition (health name) that made the job fail, if any
 
 
 def validate_video_id(video_id: str) -> str:

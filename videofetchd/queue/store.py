@@ -22,6 +22,7 @@ import peewee
 from . import models
 from ..config import parse_database_url
 from ..errors import ConfigError, DatabaseRefused, DatabaseUnavailable
+from .dbfile import DbFile
 from .jobs import throttle_delay
 
 T = TypeVar("T")
@@ -119,6 +120,7 @@ class Store:
         self.backend = backend
         self.url = url
         self.now = models.NOW_SQL[backend]
+        self.file = DbFile(url, backend)  # which SQLite file we opened, to notice it vanish
 
     # -- plumbing ---------------------------------------------------------------------------
 
@@ -131,7 +133,8 @@ class Store:
         with self.db.atomic(**lock):
             cur = self.db.execute_sql(self._sql(sql), list(params))
             rows = cur.fetchall() if cur.description else []
-            return rows, cur.rowcount
+        self.file.check()  # committed: but into the file at the path, or into a deleted one?
+        return rows, cur.rowcount
 
     def read(self, sql: str, params: Sequence[Any] = ()) -> list[tuple[Any, ...]]:
         cur = self.db.execute_sql(self._sql(sql), list(params))
@@ -418,6 +421,7 @@ def open_store(url: str, *, migrate: bool = True) -> Store:
         raise DatabaseUnavailable(f"cannot open database {redact(url)}: {str(exc).strip()}") from exc
     if migrate:
         store.migrate()
+    store.file.remember()
     return store
 
 

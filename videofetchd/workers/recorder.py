@@ -73,8 +73,11 @@ class Recorder:
             if site in self.site_pauses:
                 await self.db(st.clear_site, site)
             await self.egress.succeeded(job)
-        elif o.kind is None:  # daemon stopping: hand the row back, attempt not counted
-            kept = await self.db(st.release, job.row_id, token, reason="daemon stopped")
+        elif o.kind is None:  # daemon stopping, or a host condition: hand the row back, attempt not counted
+            kept = await self.db(st.release, job.row_id, token, reason=o.error or "daemon stopped")
+            if o.condition is not None:
+                log.warning("job %s handed back without using an attempt (host condition %s)", job.video_id,
+                            o.condition)
         elif o.kind in (ErrorKind.PERMANENT, ErrorKind.INVALID):
             kept = await self.db(st.fail, job.row_id, token, error=o.error or "", kind=o.kind.value)
             self.failed(job, o.error or "")

@@ -11,8 +11,13 @@ from __future__ import annotations
 import logging
 import multiprocessing
 import multiprocessing.context
+import atexit
+import gc
 import os
+import shutil
 import signal
+import tempfile
+import threading
 import time
 from concurrent.futures import Future, ProcessPoolExecutor
 from dataclasses import dataclass
@@ -35,6 +40,7 @@ def mp_context() -> multiprocessing.context.BaseContext:
     """The forkserver context, with yt-dlp preloaded into the server (once per process)."""
     global _ctx
     if _ctx is None:
+        _own_tempdir()
         ctx = multiprocessing.get_context("forkserver")
         ctx.set_forkserver_preload(["videofetchd.workers.preload"])  # yt_dlp loaded and compiled once
         _ctx = ctx
@@ -189,6 +195,24 @@ class Slot:
         if self.io.moved(self.pid):
             self.io_beat = now
 
+    def enforce_limits(self, now: float) -> None:
+        """Kill a busy child whose job stalled (no progress for stall_timeout, postprocess_timeout
+        while ffmpeg works) or outlived job_timeout; finish a kill under way after its grace."""
+        d = self.job_cfg
+        if self.job is None or d is None:
+            return
+        if self.kill_sent_at is not None:
+            self.kill(self.kill_reason or "", grace=d.kill_grace, now=now)
+            return
+        self.watch_io(now)
+        p = self.progress(now)
+        limit = d.postprocess_timeout if p.postprocessing else d.stall_timeout
+        if p.last_progress_age_s > limit:
+            self.kill(f"no progress for {p.last_progress_age_s:.1f}s (stall_timeout {limit:g}s)",
+                      grace=d.kill_grace, now=now)
+        elif now - self.started_at > d.job_timeout:
+            self.kill(f"running longer than job_timeout {d.job_timeout:g}s", grace=d.kill_grace, now=now)
+
     def kill(self, reason: str, *, grace: float, now: float) -> None:
         """SIGTERM the child's process group now, SIGKILL once ``grace`` has passed."""
         pid = self.pid
@@ -203,17 +227,83 @@ class Slot:
             signal_group(pid, signal.SIGKILL)
 
 
+def reap_children(pids: list[int], grace: float) -> None:
+    """Wait for children just asked to stop, SIGKILL what is left after ``grace``, and stop
+    multiprocessing's helpers once all are gone. Blocking: run it on a thread."""
+    wait_gone(pids, grace)
+    survivors = [pid for pid in pids if pid_alive(pid)]
+    for pid in survivors:
+        signal_group(pid, signal.SIGKILL)
+    wait_gone(survivors, 2.0)
+    if not any(pid_alive(pid) for pid in pids):
+        stop_helpers()
+
+
 def stop_helpers() -> None:
     """Stop multiprocessing's forkserver and resource tracker once every slot is gone, so that a
     clean daemon exit leaves no process behind for systemd to SIGKILL."""
     from multiprocessing import forkserver, resource_tracker
-    for helper in (getattr(forkserver, "_forkserver", None), getattr(resource_tracker, "_resource_tracker", None)):
+    from multiprocessing.synchronize import SemLock
+    # An executor's queues (and their semaphores) live as long as its management thread; a
+    # tracker stopped before they are gone reports them "leaked", and their finalizers then fail
+    # at exit with tracebacks. Executors of dead children (discard()) finish within moments: wait
+    # for them, and leave the tracker to exit with us if some semaphore is still alive anyway.
+    deadline = time.monotonic() + 2.0
+    for thread in threading.enumerate():
+        if type(thread).__name__ == "_ExecutorManagerThread":
+            thread.join(max(0.0, deadline - time.monotonic()))
+    gc.collect()
+    helpers = [getattr(forkserver, "_forkserver", None)]
+    if not any(isinstance(o, SemLock) for o in gc.get_objects()):
+        helpers.append(getattr(resource_tracker, "_resource_tracker", None))
+    for helper in helpers:
         stop = getattr(helper, "_stop", None)  # private, but the only way short of exiting
         if stop is not None:
             try:
                 stop()
             except (OSError, ChildProcessError, AttributeError):
                 pass
+
+
+TEMPDIR_PREFIX = "vfdmp-"  #: + "<pid>-": our multiprocessing temporary directory (short: it holds a socket path)
+
+
+def _own_tempdir() -> None:
+    """Give multiprocessing a temporary directory named after this process, before it makes its
+    own anonymous ``pymp-*`` one (the forkserver's socket lives there): a process killed with
+    SIGKILL leaves it behind, and only a name with the pid lets a later start tell a dead
+    process's leftovers from a live one's. Uses the process config multiprocessing reads for
+    exactly this (``get_temp_dir``); if that ever changes, we are back to ``pymp-*``, no worse."""
+    from multiprocessing import process
+    config = getattr(process.current_process(), "_config", None)
+    if not isinstance(config, dict) or config.get("tempdir"):
+        return  # this process used multiprocessing before us (the Fetcher API in a bigger program)
+    path = tempfile.mkdtemp(prefix=f"{TEMPDIR_PREFIX}{os.getpid()}-")
+    atexit.register(shutil.rmtree, path, ignore_errors=True)
+    config["tempdir"] = path
+
+
+def remove_stale_tempdirs() -> list[str]:
+    """Remove our temporary directories whose process is gone (SIGKILL, the OOM killer); returns
+    them. Only this user's, only those named with a pid that no longer runs."""
+    root, removed = tempfile.gettempdir(), []
+    try:
+        entries = list(os.scandir(root))
+    except OSError:
+        return []
+    for entry in entries:
+        pid = entry.name[len(TEMPDIR_PREFIX):].partition("-")[0]
+        if not entry.name.startswith(TEMPDIR_PREFIX) or not pid.isdigit() or int(pid) == os.getpid():
+            continue
+        try:
+            if not entry.is_dir(follow_symlinks=False) or entry.stat(follow_symlinks=False).st_uid != os.geteuid():
+                continue
+        except OSError:
+            continue
+        if not pid_alive(int(pid)):
+            shutil.rmtree(entry.path, ignore_errors=True)
+            removed.append(entry.path)
+    return removed
 
 
 def pid_alive(pid: int) -> bool:

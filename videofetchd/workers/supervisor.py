@@ -2,9 +2,10 @@
 
 Shared by the daemon and the one-shot ``fetch``. Each pass, in a fixed order: reap finished or
 dead children, enforce stall and job timeouts, keep the database side current (lease renewal,
-expired leases, counts, results held back during an outage), rebuild/recycle/resize slots, then
-claim work for idle slots. All database calls run on one dedicated thread, so a slow or absent
-database never stops the loop from watching its children.
+expired leases, counts, results held back during an outage), rebuild/recycle/resize slots, watch
+the host (``health``: a full disk, an unusable directory, children that cannot start pause
+claiming), then claim work for idle slots. All database calls run on one dedicated thread, so a
+slow or absent database never stops the loop from watching its children.
 """
 
 from __future__ import annotations
@@ -20,17 +21,21 @@ from typing import Any
 
 from ..config import Config, DownloadConfig
 from ..queue.dblink import DB_CALL_TIMEOUT_S, DbLink
-from ..errors import DatabaseUnavailable, InvalidVideoId, SupervisorFailed
+from ..errors import DatabaseGone, DatabaseUnavailable, HostFault, InvalidVideoId, SupervisorFailed
 from ..queue.jobs import ErrorKind, Job, Outcome, site_of, url_for
+from .breaker import CrashBreaker
+from .health import Health
+from .hostwatch import HostWatch
 from .egress import Egress
 from .recorder import Counters, Recorder
-from .slots import Slot, pid_alive, signal_group, stop_helpers, wait_gone
+from .slots import Slot, reap_children, signal_group
 from ..queue.store import Claimed, Store
 
 log = logging.getLogger(__name__)
 
 BUSY_TICK_S = 0.25  # loop period while downloads run: bounds stall-detection latency
 COUNTS_EVERY_S = 2.0
+DB_FILE_EVERY_S = 1.0  # how often the SQLite file is checked to still be the one we opened
 MAX_IDLE_S = 1.0  # the loop turns at least this often, even with nothing to do
 PASS_FAILURE_LIMIT = 5  # failed passes within PASS_FAILURE_WINDOW_S that stop the supervisor
 PASS_FAILURE_WINDOW_S = 60.0
@@ -59,15 +64,18 @@ class Supervisor:
         self.db_health = self.link.health
         self.db = self.link.call
         self.queue_counts: dict[str, int] = {}
-        self.deaths: collections.deque[float] = collections.deque()
-        self.crash_pause_until = 0.0
+        self.health = Health()  # host conditions: while any is active nothing is claimed
+        self.hostwatch = HostWatch(self.health, on_result=functools.partial(self._on_done, None))
+        self.breaker = CrashBreaker(self.health)
+        self.fault: tuple[str, tuple[str, ...]] | None = None  # why a one-shot run stopped early, and names
         self.started_at = time.monotonic()
         self.last_turn = time.monotonic()
         self.drained = False
         self._wake = asyncio.Event()
         self._loop: asyncio.AbstractEventLoop | None = None
         self._next_claim = 0.0
-        self._renewed_at = self._expired_at = self._counts_at = self._pauses_at = 0.0
+        self._renewed_at = self._expired_at = self._counts_at = self._pauses_at = self._file_at = 0.0
+        self._warmed = False  # a child finished its warm-up (set from the executor's thread)
         self._lost: set[int] = set()
         self._liveness_at = 0.0
         self._failures: collections.deque[float] = collections.deque()  # monotonic times of failed passes
@@ -97,6 +105,7 @@ class Supervisor:
         for i in range(self.cfg.download.workers):
             self._add_slot(i)
         await self._refresh(time.monotonic(), force=True)
+        await self.hostwatch.first(self.cfg.download)
         self.started = True
         if self.state == "starting":
             self.state = "paused" if self.paused else "running"
@@ -107,6 +116,8 @@ class Supervisor:
                 try:
                     if await self._pass(now):
                         break
+                except DatabaseGone:
+                    raise  # not a bad pass: every result from now on would be lost
                 except Exception as exc:  # noqa: BLE001 - one bad pass must not leave downloads unattended
                     self._pass_failed(now, exc)
                 self._wake.clear()
@@ -116,13 +127,22 @@ class Supervisor:
                     pass
         finally:
             await self._shutdown()
+        if self.fault is not None:
+            raise HostFault(f"stopped: {self.fault[0]}; the rows it hit went back to the queue without "
+                            "using an attempt", self.fault[1])
 
     async def _pass(self, now: float) -> bool:
         """One turn of the loop; True when the supervisor is done (stopped, or one-shot drained)."""
         await self._reap()
-        self._enforce(now)
+        for slot in self.slots:
+            slot.enforce_limits(now)
         await self._refresh(now)
         self._maintain_slots()
+        self.hostwatch.tick(self.cfg.download, now)
+        self.breaker.tick(now)
+        if self.one_shot and not self.health.ok and not self.stopping:
+            self.fault = (self.health.summary(), tuple(self.health.names()))  # reported, not waited out
+            self.request_stop(quick=True)
         if self.stopping:
             if not any(s.busy for s in self.slots):
                 return True
@@ -174,7 +194,13 @@ class Supervisor:
     def _start_slot(self, slot: Slot) -> None:
         slot.start(self.cfg.download, self.generation)
         assert slot.warm_future is not None
-        slot.warm_future.add_done_callback(self._on_done)  # ready for work: dispatch at once
+        slot.warm_future.add_done_callback(self._on_warm)
+
+    def _on_warm(self, fut: Any) -> None:
+        """Runs on the executor's thread once a child has warmed up (or died trying)."""
+        if not fut.cancelled() and fut.exception() is None:
+            self._warmed = True
+        self._on_done(fut)  # ready for work: dispatch at once
 
     def _on_done(self, _fut: Any) -> None:
         """Runs on the executor's thread when a job ends: wake the loop to reap it at once."""
@@ -204,6 +230,8 @@ class Supervisor:
                 continue
             if exc is not None:
                 outcome = self._lost_child(slot, reason, exc)
+            if outcome.condition is not None:  # the host, not the row: pause; the row is handed back
+                self.hostwatch.job_fault(outcome.condition, outcome.error or "")
             await self._record(job, outcome)
 
     def _lost_child(self, slot: Slot, reason: str | None, exc: BaseException) -> Outcome:
@@ -215,20 +243,9 @@ class Supervisor:
             if kind is ErrorKind.STALLED:
                 self.counters.stalled_killed += 1
             return Outcome(False, error=f"killed: {reason}", kind=kind)
-        self._note_death()
+        self.breaker.death(self.cfg.download, time.monotonic())
         log.warning("slot %d: child died (%s); its job will be retried", slot.index, exc)
         return Outcome(False, error=f"worker child died: {exc}", kind=ErrorKind.CRASHED)
-
-    def _note_death(self) -> None:
-        """Count an unexpected child death; too many within crash_window pause claiming."""
-        now = time.monotonic()
-        self.deaths.append(now)
-        while self.deaths and now - self.deaths[0] > self.cfg.download.crash_window:
-            self.deaths.popleft()
-        if len(self.deaths) >= self.cfg.download.crash_limit and now >= self.crash_pause_until:
-            self.crash_pause_until = now + self.cfg.download.crash_window
-            log.error("%d worker children died within %.0fs; not claiming for %.0fs",
-                      len(self.deaths), self.cfg.download.crash_window, self.cfg.download.crash_window)
 
     def _after_job(self, slot: Slot) -> None:
         """Recycle a child between jobs when it has done enough or grown too big."""
@@ -241,23 +258,6 @@ class Supervisor:
             self._start_slot(slot)
             self.counters.recycled += 1
 
-    def _enforce(self, now: float) -> None:
-        for slot in self.slots:
-            if not slot.busy or slot.job_cfg is None:
-                continue
-            d = slot.job_cfg
-            if slot.kill_sent_at is not None:
-                slot.kill(slot.kill_reason or "", grace=d.kill_grace, now=now)
-                continue
-            slot.watch_io(now)
-            p = slot.progress(now)
-            limit = d.postprocess_timeout if p.postprocessing else d.stall_timeout
-            if p.last_progress_age_s > limit:
-                slot.kill(f"no progress for {p.last_progress_age_s:.1f}s (stall_timeout {limit:g}s)",
-                          grace=d.kill_grace, now=now)
-            elif now - slot.started_at > d.job_timeout:
-                slot.kill(f"running longer than job_timeout {d.job_timeout:g}s", grace=d.kill_grace, now=now)
-
     def _maintain_slots(self) -> None:
         for slot in list(self.slots):
             if slot.retiring and not slot.busy:
@@ -265,20 +265,25 @@ class Supervisor:
                 log.info("slot %d retired after reload", slot.index)
                 self.slots.remove(slot)
         now = time.monotonic()
+        if self._warmed:
+            self._warmed = False
+            self.breaker.started()
         check = now - self._liveness_at >= 1.0
         if check:
             self._liveness_at = now
+        d = self.cfg.download
         for slot in self.slots:
-            if check and slot.executor is not None and not slot.busy and slot.child_lost():
-                warm = slot.warm_future
-                if warm is not None and warm.done() and warm.exception() is not None:
-                    log.error("slot %d: worker child could not start: %s", slot.index, warm.exception())
+            warm = slot.warm_future
+            failed = warm is not None and warm.done() and not warm.cancelled() and warm.exception() is not None
+            if slot.executor is not None and not slot.busy and (failed or (check and slot.child_lost())):
+                if failed:
+                    self.breaker.start_failed(d, str(warm.exception() if warm else "") or "no reason given", now)
                 else:
                     log.warning("slot %d: idle child %d died; restarting it", slot.index, slot.pid)
-                self._note_death()
+                    self.breaker.death(d, now)
                 slot.discard()
                 self.counters.worker_restarts += 1
-            if slot.executor is None and not self.stopping and not slot.retiring:
+            if slot.executor is None and not self.stopping and not slot.retiring and self.breaker.may_rebuild(now):
                 self._start_slot(slot)
 
     # -- database side --------------------------------------------------------------------------
@@ -302,6 +307,9 @@ class Supervisor:
         if not h.ok and now < h.retry_at and not force:
             return
         try:
+            if force or now - self._file_at >= DB_FILE_EVERY_S:
+                self._file_at = now
+                await self.db(self.store.file.check)  # DatabaseGone ends the run: see DbFile
             if not h.ok:
                 await self.db(self.store.ping)
                 self.link.up()
@@ -348,7 +356,7 @@ class Supervisor:
 
     async def _dispatch(self, now: float) -> None:
         idle = [s for s in self.slots if s.ready]
-        if (not idle or self.paused or self.scanning or not self.db_health.ok or now < self.crash_pause_until
+        if (not idle or self.paused or self.scanning or not self.db_health.ok or not self.health.ok
                 or now < self._next_claim):
             return
         # the config of the claim goes with its jobs: a reload meanwhile must not change their identity
@@ -388,7 +396,7 @@ class Supervisor:
                         slot.index, job.video_id, exc)
             slot.discard()
             self.counters.worker_restarts += 1
-            self._note_death()
+            self.breaker.death(d, now)
             await self.db(self.store.release, c.row_id, c.claim_token, reason="worker child lost before start")
             return
         fut.add_done_callback(self._on_done)
@@ -414,22 +422,14 @@ class Supervisor:
         pids = [s.pid for s in self.slots if s.pid]
         for slot in self.slots:
             slot.stop_child()
-        loop = asyncio.get_running_loop()
-        grace = self.cfg.download.kill_grace
-        await loop.run_in_executor(None, wait_gone, pids, grace)
-        survivors = [pid for pid in pids if pid_alive(pid)]
-        for pid in survivors:
-            signal_group(pid, signal.SIGKILL)
-        await loop.run_in_executor(None, wait_gone, survivors, 2.0)
-        if not any(pid_alive(pid) for pid in pids):
-            await loop.run_in_executor(None, stop_helpers)
+        await asyncio.get_running_loop().run_in_executor(None, reap_children, pids, self.cfg.download.kill_grace)
         try:
             while self.db_health.pending:
                 job, outcome = self.db_health.pending[0]
                 await self._write_outcome(job, outcome)
                 self.db_health.pending.pop(0)
             self.queue_counts = await self.db(self.store.counts)
-        except DatabaseUnavailable as exc:
+        except (DatabaseUnavailable, DatabaseGone) as exc:
             log.error("could not record %d results before exit (%s); their leases will expire",
                       len(self.db_health.pending), exc)
         self.link.close()

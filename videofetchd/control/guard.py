@@ -1,0 +1,189 @@
+"""Who may hold the control socket, and how much of it: one daemon per socket, limits per user.
+
+Two guards around the control server. ``take_socket`` makes sure a socket a live daemon answers
+on is never unlinked: a lock that lives exactly as long as the process holding it (a socket in
+the abstract namespace, named after the socket's path, so a SIGKILL leaves nothing behind), plus
+a probe of the path for a daemon that holds none. ``Admission`` shares the server among users by
+the peer's uid (SO_PEERCRED): each user may hold a bounded number of connections (past it, a new
+one pushes out that user's longest idle one, so idle connections can never lock a user out of its
+own daemon), all other users together a bounded number, and each user's requests are rate
+limited. Root and the daemon's own user have budgets of their own that nobody else can use up.
+Standard library only.
+"""
+
+from __future__ import annotations
+
+import errno
+import hashlib
+import json
+import os
+import socket
+import stat
+import struct
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+from ..errors import AlreadyRunning, ConfigError
+
+MAX_PER_OWN_UID = 256  #: connections root, or the daemon's own user, may hold
+MAX_PER_UID = 32  #: connections any other user may hold
+MAX_OTHERS = 128  #: connections all users but root and the daemon's own may hold together
+RATE_OWN = (200.0, 400.0)  #: requests per second and burst, per user, for root and the daemon's user
+RATE_OTHER = (20.0, 40.0)  #: the same for every other user (a ``nudge`` flood costs little)
+PROBE_TIMEOUT_S = 2.0
+
+
+def peer_creds(sock: socket.socket) -> tuple[int, int, int]:
+    """(pid, uid, gid) of the process at the other end of a Unix socket."""
+    pid, uid, gid = struct.unpack("3i", sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED,
+                                                        struct.calcsize("3i")))
+    return pid, uid, gid
+
+
+def probe(path: str, timeout: float = PROBE_TIMEOUT_S) -> dict[str, Any] | None:
+    """Who answers on ``path``: None when nobody listens (no file, a stale socket), else what
+    a ping returned (``{"pid": ...}`` from a videofetchd; ``{}`` when something accepted the
+    connection but gave no answer: a stopped daemon, or some other program)."""
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
+        s.settimeout(timeout)
+        try:
+            s.connect(path)
+        except (FileNotFoundError, ConnectionRefusedError, NotADirectoryError):
+            return None
+        except OSError as exc:
+            if exc.errno in (errno.EAGAIN, errno.ECONNRESET):  # listening, backlog full: alive
+                return {}
+            return None
+        try:
+            s.sendall(b'{"cmd": "ping"}\n')
+            data = b""
+            while not data.endswith(b"\n") and len(data) < 65536:
+                chunk = s.recv(4096)
+                if not chunk:
+                    break
+                data += chunk
+            reply = json.loads(data) if data else {}
+            return reply if isinstance(reply, dict) else {}
+        except (OSError, ValueError):
+            return {}
+
+
+def who(reply: dict[str, Any]) -> str:
+    pid = reply.get("pid")
+    return f"videofetchd pid {pid}" if isinstance(pid, int) else "a process (not answering)"
+
+
+def take_socket(path: str) -> tuple[socket.socket, bool]:
+    """Make ``path`` ours to bind: (the lock, held until closed; whether a stale socket was removed).
+
+    AlreadyRunning when a live daemon holds the lock or answers on the path; ConfigError when
+    the path is something other than a socket.
+    """
+    key = hashlib.sha256(os.path.realpath(path).encode()).hexdigest()[:40]
+    lock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)  # not inherited by children
+    try:
+        lock.bind("\0videofetchd-control-" + key)
+    except OSError as exc:
+        lock.close()
+        if exc.errno != errno.EADDRINUSE:
+            raise ConfigError(f"control.socket: cannot lock {path}: {exc.strerror}") from None
+        raise AlreadyRunning(f"another videofetchd already serves {path} "
+                             f"({_describe(probe(path))}); not starting a second daemon on it") from None
+    try:
+        try:
+            st = os.lstat(path)
+        except FileNotFoundError:
+            return lock, False
+        if not stat.S_ISSOCK(st.st_mode):
+            raise ConfigError(f"control.socket: {path} exists and is not a socket")
+        answer = probe(path)
+        if answer is not None:
+            raise AlreadyRunning(f"{who(answer)} already answers on {path}; not taking its socket over")
+        os.unlink(path)  # stale: its daemon is gone
+        return lock, True
+    except BaseException:
+        lock.close()
+        raise
+
+
+def _describe(answer: dict[str, Any] | None) -> str:
+    return "no answer on the socket yet" if answer is None else who(answer)
+
+
+@dataclass
+class _Bucket:
+    rate: float
+    burst: float
+    tokens: float
+    at: float
+
+    def wait(self, now: float) -> float:
+        """Seconds this request must wait for its turn (0: at once); the turn is reserved."""
+        self.tokens = min(self.burst, self.tokens + (now - self.at) * self.rate)
+        self.at = now
+        self.tokens -= 1.0
+        return 0.0 if self.tokens >= 0 else -self.tokens / self.rate
+
+
+@dataclass(eq=False)
+class Conn:
+    uid: int
+    own: bool  #: root or the daemon's own user
+    close: Any  #: callable that drops the connection
+    idle_since: float | None = field(default_factory=time.monotonic)  #: None while a request is answered
+
+    def busy(self, busy: bool) -> None:
+        self.idle_since = None if busy else time.monotonic()
+
+
+class Admission:
+    """Per-user connection budgets and request rates. Loop-only."""
+
+    def __init__(self) -> None:
+        self._by_uid: dict[int, list[Conn]] = {}
+        self._buckets: dict[int, _Bucket] = {}
+        self.others = 0  #: connections held by users other than root and the daemon's
+
+    def admit(self, uid: int, close: Any) -> Conn | None:
+        """A new connection's entry, or None when its user has no room (all its connections busy)."""
+        own = uid in (0, os.getuid())
+        mine = self._by_uid.setdefault(uid, [])
+        if len(mine) >= (MAX_PER_OWN_UID if own else MAX_PER_UID) and not self._push_out(mine):
+            return None
+        if not own and self.others >= MAX_OTHERS and not self._push_out(mine):
+            return None
+        conn = Conn(uid, own, close)
+        mine.append(conn)
+        self.others += not own
+        return conn
+
+    def release(self, conn: Conn) -> None:
+        mine = self._by_uid.get(conn.uid, [])
+        if conn in mine:
+            mine.remove(conn)
+            self.others -= not conn.own
+        if not mine:
+            self._by_uid.pop(conn.uid, None)
+
+    def _push_out(self, mine: list[Conn]) -> bool:
+        """Drop the user's longest idle connection to make room for its new one."""
+        idle = [c for c in mine if c.idle_since is not None]
+        if not idle:
+            return False
+        old = min(idle, key=lambda c: c.idle_since or 0.0)
+        self.release(old)
+        old.close()
+        return True
+
+    def wait(self, conn: Conn) -> float:
+        """Seconds before this user's next request may be answered."""
+        now = time.monotonic()
+        bucket = self._buckets.get(conn.uid)
+        if bucket is None:
+            rate, burst = RATE_OWN if conn.own else RATE_OTHER
+            bucket = self._buckets[conn.uid] = _Bucket(rate, burst, burst, now)
+        if len(self._buckets) > 4096:  # uids that came and went: forget the full ones
+            for uid in [u for u, b in self._buckets.items() if u not in self._by_uid and b.tokens >= b.burst]:
+                del self._buckets[uid]
+        return bucket.wait(now)
