@@ -238,7 +238,13 @@ def cmd_fetch(args: argparse.Namespace, cfg: config_mod.Config, out: TextIO) -> 
             raise ValueError(f"fetch --metrics: {exc}") from None
     summary = asyncio.run(run_fetch(cfg, num_workers=args.num_workers, existing_videos_dir=args.existing_videos_dir,
                                     live=live, metrics_listen=listen))
-    out.write(summary.text() + "\n")
+    text = summary.text()
+    if out.isatty():  # long failure reasons are broken into lines that fit, not cut
+        import textwrap
+        cols = terminal_size(out)[0] - 1
+        text = "\n".join(piece for line in text.split("\n")
+                         for piece in textwrap.wrap(line, cols, subsequent_indent="    ", break_on_hyphens=False))
+    out.write(text + "\n")
     return EXIT_OK if summary.ok else EXIT_FAILURE
 
 

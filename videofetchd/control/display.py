@@ -135,7 +135,9 @@ def format_workers(workers: list[dict[str, Any]], width: int | None = None) -> l
     """One line per worker, all in the richest layout in which every line fits ``width`` (so the
     columns line up); on a terminal too narrow even for the leanest, the IDs are shortened."""
     vids = [printable(w.get("video_id") or "") for w in workers]
-    idw = min(24, max([11, *(cell_width(v) for v, w in zip(vids, workers) if w["state"] == "busy")]))
+    idw = max([11, *(cell_width(v) for v, w in zip(vids, workers) if w["state"] == "busy")])
+    if width is not None:  # on a terminal a long ID (a URL's hash) gives way to the progress columns
+        idw = min(24, idw)
     every = [_layouts(w, v, idw) for w, v in zip(workers, vids)]
     for level in range(LAYOUTS):
         if width is None or all(cell_width(lines[level]) <= width for lines in every):
@@ -243,13 +245,15 @@ def format_status(st: dict[str, Any], width: int | None = None, height: int | No
 # -- drawing on a terminal ---------------------------------------------------------------------------
 
 def terminal_size(stream: TextIO) -> tuple[int, int]:
-    """(columns, lines) of the terminal behind ``stream`` (80x24 when it cannot be asked)."""
+    """(columns, lines) of the terminal behind ``stream`` ($COLUMNS/$LINES or 80x24 when it cannot say)."""
     try:
         size = os.get_terminal_size(stream.fileno())
-        return size.columns, size.lines
+        if size.columns > 0 and size.lines > 0:  # a fresh pseudo-terminal may say 0x0
+            return size.columns, size.lines
     except (OSError, ValueError, AttributeError):
-        fallback = shutil.get_terminal_size((80, 24))
-        return fallback.columns, fallback.lines
+        pass
+    fallback = shutil.get_terminal_size((80, 24))
+    return fallback.columns, fallback.lines
 
 
 class Screen:

@@ -30,6 +30,7 @@ from .display import fit, printable, terminal_size
 EXPORT_FIELDS = ("video_id", "status", "attempts", "error_kind", "last_error", "file_path", "file_size",
                  "found_by", "finished_at")
 STATUSES = ("queued", "running", "done", "failed", "missing")
+TEXT_COLUMNS = ("video_id", "status", "attempts", "last_error", "file_path", "lease_owner")
 
 
 class ExportError(VideofetchdError):
@@ -56,23 +57,22 @@ def cmd_list(args: argparse.Namespace, cfg: Config, out: TextIO) -> int:
     page = args.limit or None
     if args.limit is None and tty and not args.json:  # one screenful, and a hint for the next
         page = max(5, terminal_size(out)[1] - 3)
-    rows = _rows(cfg, COLUMNS, args, limit=page + 1 if page else None)
     if args.json:
-        _json_array(rows, COLUMNS, out, page)
+        _json_array(_rows(cfg, COLUMNS, args, limit=page + 1 if page else None), COLUMNS, out, page)
         return EXIT_OK
+    rows = _rows(cfg, TEXT_COLUMNS, args, limit=page + 1 if page else None)
     width = terminal_size(out)[0] - 1 if tty else None
     last = None
-    for n, row in enumerate(rows):
+    for n, (video_id, status, attempts, last_error, file_path, lease_owner) in enumerate(rows):
         if page is not None and n == page:
-            status = f" --status {args.status}" if args.status else ""
-            print(f"(more rows: videofetchctl list{status} --after {printable(last)}; --limit 0 lists them all)",
+            more = f" --status {args.status}" if args.status else ""
+            print(f"(more rows: videofetchctl list{more} --after {printable(last)}; --limit 0 lists them all)",
                   file=sys.stderr)
             break
-        r = dict(zip(COLUMNS, row))
-        where = f"on {r['lease_owner']}" if r["status"] == "running" else r["file_path"] or r["last_error"] or ""
-        line = f"{r['video_id']:<24} {r['status']:<8} attempts {r['attempts']:<2} {where}"
+        where = f"on {lease_owner}" if status == "running" else file_path or last_error or ""
+        line = f"{video_id:<24} {status:<8} attempts {attempts:<2} {where}"
         out.write((fit(printable(line), width) if tty else line) + "\n")
-        last = r["video_id"]
+        last = video_id
     return EXIT_OK
 
 

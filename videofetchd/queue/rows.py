@@ -67,18 +67,25 @@ def _page(store: Store, sql: str, params: Sequence[Any]) -> list[tuple[Any, ...]
 
 
 def _cursor(store: Store, sql: str, params: Sequence[Any]) -> Iterator[tuple[Any, ...]]:
-    """Rows of a PostgreSQL server-side cursor, fetched PAGE_ROWS at a time (one transaction)."""
+    """Rows of a PostgreSQL server-side cursor, fetched PAGE_ROWS at a time.
+
+    A named cursor lives in a transaction, and peewee keeps psycopg2 in autocommit mode (it sends
+    BEGIN itself), so the connection leaves autocommit for the read and gets it back afterwards.
+    """
     import psycopg2
     try:
-        with store.db.atomic():  # a named cursor lives inside a transaction
-            cur = store.db.connection().cursor(name=f"videofetchd_rows_{uuid.uuid4().hex[:8]}")
-            cur.itersize = PAGE_ROWS
-            try:
+        conn = store.db.connection()
+        conn.autocommit = False
+        try:
+            with conn.cursor(name=f"videofetchd_rows_{uuid.uuid4().hex[:8]}") as cur:
+                cur.itersize = PAGE_ROWS
                 cur.execute(sql.replace("?", "%s"), list(params))
                 for row in cur:
                     yield tuple(row[1:])
-            finally:
-                cur.close()
+        finally:
+            if not conn.closed:
+                conn.rollback()  # read only: nothing to keep
+                conn.autocommit = True
     except (psycopg2.OperationalError, psycopg2.InterfaceError, peewee.OperationalError,
             peewee.InterfaceError) as exc:
         store.drop_connection()
