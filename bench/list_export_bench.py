@@ -5,8 +5,9 @@ Fills a fresh SQLite database (and, with --pg, a fresh PostgreSQL database) with
 command as a whole ``python -m videofetchd`` process writing into a pipe that this script drains,
 and reports the time to the first line, the wall time to the end and the process's peak RSS
 (``VmHWM`` of /proc/PID/status, read every 20 ms: ``ru_maxrss`` would include this script's
-own memory, which the child shares until it executes Python). The database's own command-line client dumping the same columns
-(``sqlite3 -csv``, ``psql COPY ... TO STDOUT``) runs in the same table for comparison.
+own memory, which the child shares until it executes Python). The database's own command-line
+client dumping the same columns (``sqlite3 -csv``, ``psql COPY ... TO STDOUT``) runs in the same
+table for comparison.
 
     .venv/bin/python bench/list_export_bench.py [--rows 1000000] [--runs 3] [--pg postgresql://...] [--keep DIR]
 
