@@ -219,3 +219,27 @@ def test_a_taken_metrics_port_is_a_configuration_error(tmp_path: Path) -> None:
     assert r.returncode == 78, r.stderr
     assert f"metrics.listen: cannot listen on 127.0.0.1:{port}" in r.stderr
     assert not (tmp_path / "control.sock").exists()  # nothing left behind
+
+
+def test_queue_counts_and_counters_come_from_the_same_moment(tmp_path: Path) -> None:
+    """Every status reply while jobs finish: the done and failed counts agree with the counters (they
+    used to lag by up to 2 s: ``done 0`` next to ``completed 3``)."""
+    ids = [f"quick-{i}" for i in range(12)] + ["e404-a", "e404-b"]
+    with MediaServer(default_size=64 * KiB, rate_bps=128 * KiB) as srv:  # half a second per job
+        cfg = vfd.write_config(tmp_path, url_template=srv.url_template, download={"workers": 2})
+        with vfd.running(cfg):
+            wait_until(lambda: vfd.status(cfg)["queue"], timeout=20)  # the first count is in
+            assert vfd.ctl(cfg, "add", *ids).returncode == 0
+            replies = []
+
+            def settled() -> bool:
+                st = vfd.status(cfg)
+                replies.append(st)
+                return st["counters"]["completed"] + st["counters"]["failed"] == len(ids)
+
+            wait_until(settled, timeout=60, interval=0.02, message="the jobs did not finish")
+    moving = [r for r in replies if 0 < r["counters"]["completed"] + r["counters"]["failed"] < len(ids)]
+    assert len(moving) >= 3, "too few replies while jobs finished to tell anything"
+    for r in replies:
+        q, c = r["queue"], r["counters"]
+        assert (q["done"], q["failed"]) == (c["completed"], c["failed"]), (q, c)
