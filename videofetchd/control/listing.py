@@ -14,11 +14,11 @@ from __future__ import annotations
 
 import argparse
 import csv
-import datetime
 import json
 import os
 import sys
 import tempfile
+import time
 from collections.abc import Iterator
 from typing import Any, Callable, TextIO
 
@@ -79,20 +79,19 @@ def cmd_list(args: argparse.Namespace, cfg: Config, out: TextIO) -> int:
 def _json_array(rows: Iterator[tuple[Any, ...]], columns: tuple[str, ...], out: TextIO, page: int | None) -> None:
     """A JSON array written element by element: valid JSON, never held whole in memory."""
     tty = out.isatty()
+    encode = json.JSONEncoder(ensure_ascii=False).encode  # one encoder: json.dumps would build one per row
     out.write("[")
     for n, row in enumerate(rows):
         if page is not None and n == page:
             break
-        text = json.dumps(dict(zip(columns, row)), ensure_ascii=False)
+        text = encode(dict(zip(columns, row)))
         out.write(("\n" if n == 0 else ",\n") + (printable(text) if tty else text))
     out.write("\n]\n")
 
 
 def _iso(epoch: float | None) -> str | None:
-    if epoch is None:
-        return None
-    return datetime.datetime.fromtimestamp(epoch, datetime.timezone.utc).isoformat(timespec="seconds").replace(
-        "+00:00", "Z")
+    """ISO 8601 in UTC to the second (``2025-12-01T00:00:00Z``); None stays None."""
+    return None if epoch is None else time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(epoch))
 
 
 def cmd_export(args: argparse.Namespace, cfg: Config, out: TextIO) -> int:
@@ -141,10 +140,11 @@ def _write(rows: Iterator[tuple[Any, ...]], fmt: str, sink: TextIO, *, escape: b
             writer.writerow(["" if v is None else show(v) for v in values])
             n += 1
         return n
+    encode = json.JSONEncoder(ensure_ascii=False).encode
     for row in rows:
         record = dict(zip(EXPORT_FIELDS, row))
         record["finished_at"] = _iso(record["finished_at"])
-        line = json.dumps(record, ensure_ascii=False)
+        line = encode(record)
         sink.write((printable(line) if escape else line) + "\n")
         n += 1
     return n
