@@ -105,6 +105,9 @@ def test_the_collector_reads_the_supervisors_state(sup: Supervisor) -> None:
     assert v("videofetchd_config_last_reload_successful") == 0
     assert v("videofetchd_scan_last_success_timestamp_seconds") == 1_700_000_000.0
     assert v("videofetchd_database_up") == 1
+    assert v("process_resident_memory_bytes") > 1 << 20 and v("process_open_fds") >= 3
+    assert v("process_cpu_seconds_total") > 0 and time.time() - 600 < v("process_start_time_seconds") <= time.time()
+    assert v("videofetchd_workers_resident_memory_bytes") == 0  # no children started here
     build = [k for k in got if k[0] == "videofetchd_build_info"]
     assert len(build) == 1 and {"version", "ytdlp", "python"} == {k for k, _ in build[0][1]}
 

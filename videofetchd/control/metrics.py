@@ -16,12 +16,15 @@ from __future__ import annotations
 
 import importlib.metadata
 import logging
+import os
 import platform
+import resource
 import time
 from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any
 
-from prometheus_client import CollectorRegistry, PlatformCollector, ProcessCollector, start_http_server
+import psutil
+from prometheus_client import CollectorRegistry, PlatformCollector, start_http_server
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily, Metric
 
 from .. import __version__
@@ -90,6 +93,7 @@ class Collector:
                          "Time a row waited from becoming eligible (queued, backoff over) to its start.",
                          sup.stats.queue_waits)
         yield from self._daemon_only()
+        yield from self._process(sup, now)
 
     def _workers(self, sup: Supervisor, now: float) -> Iterator[Metric]:
         states = dict.fromkeys(WORKER_STATES, 0)
@@ -126,6 +130,33 @@ class Collector:
                 ("videofetchd_lost_leases", "Results dropped because another daemon had taken the row over.",
                  c.lost_leases)):
             yield CounterMetricFamily(name, doc, value=value)
+
+    def _process(self, sup: Supervisor, now: float) -> Iterator[Metric]:
+        """The usual ``process_*`` metrics of the main process, plus the memory of its worker children.
+
+        prometheus_client's ProcessCollector needs the boot time from /proc/stat, which the unit's
+        ProcSubset=pid hides: it would report nothing. Everything here comes from /proc/self and
+        the children's own /proc entries, which the sandbox leaves visible.
+        """
+        cpu = os.times()
+        yield CounterMetricFamily("process_cpu_seconds", "User and system CPU time of the main process.",
+                                  value=cpu.user + cpu.system)
+        try:
+            me = psutil.Process()
+            mem = me.memory_info()
+            yield _gauge("process_resident_memory_bytes", "Resident memory of the main process.", mem.rss)
+            yield _gauge("process_virtual_memory_bytes", "Virtual memory of the main process.", mem.vms)
+            yield _gauge("process_open_fds", "Open file descriptors of the main process.", me.num_fds())
+        except (psutil.Error, OSError):
+            pass
+        yield _gauge("process_max_fds", "The main process's limit of open file descriptors.",
+                     resource.getrlimit(resource.RLIMIT_NOFILE)[0])
+        yield _gauge("process_start_time_seconds", "When the main process started (Unix time).",
+                     time.time() - (now - sup.started_at))
+        rss = 0
+        for slot in list(sup.slots):
+            rss += slot.rss()
+        yield _gauge("videofetchd_workers_resident_memory_bytes", "Resident memory of all worker children.", rss)
 
     def _daemon_only(self) -> Iterator[Metric]:
         if self.info is not None:
@@ -171,8 +202,7 @@ class MetricsServer:
     def __init__(self, listen: str, collector: Collector) -> None:
         self.listen = listen
         self.registry = CollectorRegistry(auto_describe=False)
-        self.registry.register(collector)
-        ProcessCollector(registry=self.registry)  # process_* of the main process: CPU, memory, fds, start time
+        self.registry.register(collector)  # process_* included (see Collector._process)
         PlatformCollector(registry=self.registry)  # python_info
         self._server: Any = None
         self.port = 0
