@@ -20,9 +20,10 @@ import pytest
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
-from videofetchd.config import Config
+from videofetchd.config import Config, from_dict
 from videofetchd.control.metrics import Collector
 from videofetchd.control.server import ConfigInfo, ScanStatus
+from videofetchd.queue.bucket import Bucket
 from videofetchd.queue.store import open_store
 from videofetchd.workers.recorder import Buckets, move_count
 from videofetchd.workers.supervisor import Supervisor
@@ -112,10 +113,36 @@ def test_the_collector_reads_the_supervisors_state(sup: Supervisor) -> None:
     assert len(build) == 1 and {"version", "ytdlp", "python"} == {k for k, _ in build[0][1]}
 
 
+def test_egress_identities_are_exported_from_the_last_budget_refresh(tmp_path: Path) -> None:
+    cfg = from_dict({"download": {"identities": [{"name": "home", "max_per_hour": 60, "burst": 2},
+                                                 {"name": "proxy"}]}})
+    store = open_store(f"sqlite:///{tmp_path}/q.db")
+    s = Supervisor(cfg, store, node="unit")
+    try:
+        s.egress.clock, s.egress.read_at = 5000.0, time.monotonic()
+        s.egress.running = {"home": 2}
+        s.egress.buckets = {("home", "youtube.com"): Bucket(tokens=0.5, updated=5000.0, paused_until=5100.0,
+                                                            strikes=1, reason="429", started=7),
+                            ("proxy", "vimeo.com"): Bucket(started=3)}
+        got = samples(exposition(s))
+    finally:
+        s.link.close()
+        store.close()
+    assert got[("videofetchd_identity_running", (("identity", "home"),))] == 2
+    assert got[("videofetchd_identity_running", (("identity", "proxy"),))] == 0
+    home = (("identity", "home"), ("site", "youtube.com"))
+    assert got[("videofetchd_identity_budget_tokens", home)] == pytest.approx(0.5, abs=0.01)
+    assert 99 <= got[("videofetchd_identity_paused_seconds", home)] <= 100
+    assert got[("videofetchd_identity_starts_total", home)] == 7
+    assert got[("videofetchd_identity_paused_seconds", (("identity", "proxy"), ("site", "vimeo.com")))] == 0
+    assert ("videofetchd_identity_budget_tokens", (("identity", "proxy"), ("site", "vimeo.com"))) not in got
+
+
 def test_nothing_is_claimed_about_the_queue_before_it_was_counted(sup: Supervisor) -> None:
     text = exposition(sup)
     assert "videofetchd_jobs{" not in text and "videofetchd_workers{" in text
     assert "videofetchd_scan_" not in text and "videofetchd_config_" not in text  # one-shot fetch: no such thing
+    assert "videofetchd_identity_" not in text  # no download.identities
 
 
 def test_promtool_accepts_the_exposition(sup: Supervisor) -> None:

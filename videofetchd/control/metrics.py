@@ -92,6 +92,7 @@ class Collector:
         yield _histogram("videofetchd_job_queue_wait_seconds",
                          "Time a row waited from becoming eligible (queued, backoff over) to its start.",
                          sup.stats.queue_waits)
+        yield from self._identities(sup, now)
         yield from self._daemon_only()
         yield from self._process(sup, now)
 
@@ -130,6 +131,32 @@ class Collector:
                 ("videofetchd_lost_leases", "Results dropped because another daemon had taken the row over.",
                  c.lost_leases)):
             yield CounterMetricFamily(name, doc, value=value)
+
+    def _identities(self, sup: Supervisor, now: float) -> Iterator[Metric]:
+        """Egress identities (download.identities): the budgets status shows, from the last refresh."""
+        if not sup.cfg.download.identities:
+            return
+        try:
+            idents = sup.egress.status(sup.cfg.download, now)
+        except RuntimeError:  # a reload dropped the identities while we read them: next scrape
+            return
+        tokens, paused, starts = [], [], CounterMetricFamily(
+            "videofetchd_identity_starts", "Jobs started by an identity on a site (every host, ever).",
+            labels=["identity", "site"])
+        for ident in idents:
+            for site in ident["sites"]:
+                labels = {"identity": ident["name"], "site": site["site"]}
+                if site["tokens"] is not None:
+                    tokens.append((labels, site["tokens"]))
+                paused.append((labels, site["paused_s"] or 0.0))
+                starts.add_metric([ident["name"], site["site"]], site["started"])
+        yield _gauge("videofetchd_identity_running", "Jobs running under each egress identity (every host).",
+                     [({"identity": i["name"]}, i["running"]) for i in idents])
+        yield _gauge("videofetchd_identity_budget_tokens",
+                     "Starts an identity may make on a site right now (its token bucket).", tokens)
+        yield _gauge("videofetchd_identity_paused_seconds",
+                     "Seconds left of an identity's throttling pause on a site (0: not paused).", paused)
+        yield starts
 
     def _process(self, sup: Supervisor, now: float) -> Iterator[Metric]:
         """The usual ``process_*`` metrics of the main process, plus the memory of its worker children.
