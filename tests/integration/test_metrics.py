@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import re
+import shutil
 import signal
 import socket
 import subprocess
@@ -105,13 +106,11 @@ def test_prometheus_scrapes_a_known_mix(tmp_path: Path) -> None:
                 check = subprocess.run([promtool, "check", "metrics"], input=text, capture_output=True, text=True)
                 assert check.returncode == 0, check.stdout + check.stderr
 
-                # the rules and the dashboard name only metrics that exist (health conditions come
-                # from the host-condition registry, not part of this build's exposition yet; identity
-                # metrics only with download.identities: tests/unit/test_metrics_exposition.py)
+                # the rules and the dashboard name only metrics that exist (identity metrics come
+                # only with download.identities: tests/unit/test_metrics_exposition.py)
                 names = exported_names(text)
                 referenced = referenced_names(RULES.read_text()) | referenced_names(DASHBOARD.read_text())
-                assert referenced - names <= {"videofetchd_health_condition", "videofetchd_identity_running",
-                                              "videofetchd_identity_budget_tokens",
+                assert referenced - names <= {"videofetchd_identity_running", "videofetchd_identity_budget_tokens",
                                               "videofetchd_identity_paused_seconds"}, referenced - names
                 # and every dashboard query parses and runs
                 dashboard = json.loads(DASHBOARD.read_text())
@@ -126,6 +125,20 @@ def test_prometheus_scrapes_a_known_mix(tmp_path: Path) -> None:
                 after = {line for line in scrape(port).splitlines()
                          if line.startswith("videofetchd_jobs_finished_total")}
                 assert after == before and len(before) > 3
+
+                # a host condition: the download directory becomes a file, then comes back
+                condition = 'videofetchd_health_condition{name="download_directory"}'
+                assert prom.value(condition) == 0.0
+                videos = tmp_path / "videos"
+                shutil.rmtree(videos)
+                videos.write_text("not a directory any more\n")
+                wait_until(lambda: prom.value(condition) == 1.0, timeout=60, interval=0.5,
+                           message="Prometheus never saw the download_directory condition")
+                videos.unlink()
+                videos.mkdir()
+                wait_until(lambda: prom.value(condition) == 0.0, timeout=60, interval=0.5,
+                           message="the download_directory condition did not clear")
+                assert prom.value('max_over_time(videofetchd_health_condition{name="disk_space"}[10m])') == 0.0
                 assert daemon.stop() == 0
             with pytest.raises(urllib.error.URLError):  # the endpoint goes with the daemon
                 scrape(port, timeout=5)

@@ -86,8 +86,8 @@ def test_the_collector_reads_the_supervisors_state(sup: Supervisor) -> None:
     scan = ScanStatus(last_success_ts=1_700_000_000.0)
     got = samples(exposition(sup, info=ConfigInfo(path="x", last_reload_error="bad"), scan=scan))
 
-    def v(name: str, **labels: str) -> float:
-        return got[(name, tuple(sorted(labels.items())))]
+    def v(metric: str, **labels: str) -> float:
+        return got[(metric, tuple(sorted(labels.items())))]
 
     assert v("videofetchd_jobs", status="queued") == 7 and v("videofetchd_jobs", status="done") == 100
     assert v("videofetchd_oldest_queued_age_seconds") == 42.5
@@ -106,6 +106,8 @@ def test_the_collector_reads_the_supervisors_state(sup: Supervisor) -> None:
     assert v("videofetchd_config_last_reload_successful") == 0
     assert v("videofetchd_scan_last_success_timestamp_seconds") == 1_700_000_000.0
     assert v("videofetchd_database_up") == 1
+    assert v("videofetchd_health_condition", name="disk_space") == 0  # known conditions exist from the start
+    assert v("videofetchd_health_condition", name="workers_cannot_start") == 0
     assert v("process_resident_memory_bytes") > 1 << 20 and v("process_open_fds") >= 3
     assert v("process_cpu_seconds_total") > 0 and time.time() - 600 < v("process_start_time_seconds") <= time.time()
     assert v("videofetchd_workers_resident_memory_bytes") == 0  # no children started here
@@ -136,6 +138,17 @@ def test_egress_identities_are_exported_from_the_last_budget_refresh(tmp_path: P
     assert got[("videofetchd_identity_starts_total", home)] == 7
     assert got[("videofetchd_identity_paused_seconds", (("identity", "proxy"), ("site", "vimeo.com")))] == 0
     assert ("videofetchd_identity_budget_tokens", (("identity", "proxy"), ("site", "vimeo.com"))) not in got
+
+
+def test_host_conditions_are_read_from_the_supervisors_registry(sup: Supervisor) -> None:
+    sup.health.set("disk_space", "free space below download.min_free_space")
+    sup.health.set("some_new_condition", "a name the metrics module has never heard of")
+    got = samples(exposition(sup))
+    assert got[("videofetchd_health_condition", (("name", "disk_space"),))] == 1
+    assert got[("videofetchd_health_condition", (("name", "some_new_condition"),))] == 1
+    assert got[("videofetchd_health_condition", (("name", "download_directory"),))] == 0
+    sup.health.clear("disk_space")
+    assert samples(exposition(sup))[("videofetchd_health_condition", (("name", "disk_space"),))] == 0
 
 
 def test_nothing_is_claimed_about_the_queue_before_it_was_counted(sup: Supervisor) -> None:

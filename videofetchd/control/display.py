@@ -209,7 +209,7 @@ def format_status(st: dict[str, Any], width: int | None = None, height: int | No
             lines.append(fit("changed keys that need a restart: " + ", ".join(cfg["restart_required"]), w))
     db = st.get("database") or {}
     if db.get("url"):
-        lines.append(f"database: {db['url']}")
+        lines.append(fit(f"database: {printable(db['url'])}", w))
     if db and not db.get("ok", True):
         lines.append(fit(f"database UNAVAILABLE: {printable(db.get('error'))} "
                          f"({db.get('pending_results', 0)} results held)", w))

@@ -32,6 +32,7 @@ from ..config import parse_listen
 from ..errors import ConfigError
 from ..queue.jobs import ErrorKind
 from ..queue.models import STATES
+from ..workers.health import DISK_SPACE, DOWNLOAD_DIRECTORY, WORKERS_CANNOT_START, WORKERS_CRASHING
 from .server import ConfigInfo, ScanStatus
 
 if TYPE_CHECKING:
@@ -41,6 +42,8 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 DAEMON_STATES = ("starting", "running", "paused", "reloading", "stopping")
 WORKER_STATES = ("busy", "idle", "restarting")
+#: host conditions that exist from the start (0 until one begins), so alerts see them begin
+KNOWN_CONDITIONS = (DISK_SPACE, DOWNLOAD_DIRECTORY, WORKERS_CANNOT_START, WORKERS_CRASHING)
 #: (outcome, error_kind) series that exist from the start, so rate() sees their first increase
 KNOWN_OUTCOMES = [("done", "")] + [("failed", k.value) for k in ErrorKind] + \
     [("retried", k.value) for k in ErrorKind if k not in (ErrorKind.PERMANENT, ErrorKind.INVALID)]
@@ -81,6 +84,10 @@ class Collector:
                      [({"site": site}, int(until > now)) for site, until in sorted(pauses.items())])
         yield _gauge("videofetchd_throttle_remaining_seconds", "Seconds left of a throttled site's pause.",
                      [({"site": site}, max(0.0, until - now)) for site, until in sorted(pauses.items())])
+        active = set(sup.health.names())
+        yield _gauge("videofetchd_health_condition", "1 while a host condition (disk space, download directory, "
+                     "workers that cannot start or keep crashing) pauses claiming.",
+                     [({"name": n}, int(n in active)) for n in sorted(active | set(KNOWN_CONDITIONS))])
         db = sup.db_health
         yield _gauge("videofetchd_database_up", "1 while the database answers; 0 while results are held back.",
                      int(db.ok))
