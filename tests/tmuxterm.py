@@ -47,6 +47,7 @@ class Terminal:
                   ";", "set-option", "-g", "scroll-on-clear", "off",
                   ";", "set-option", "-g", "remain-on-exit", "on",
                   ";", "set-option", "-g", "history-limit", "5000")
+        self.socket_path = Path(self.tmux("display-message", "-p", "#{socket_path}").strip())
 
     def tmux(self, *args: str) -> str:
         r = subprocess.run(["tmux", "-L", self.socket, *args], capture_output=True, text=True, timeout=20)
@@ -92,6 +93,8 @@ class Terminal:
     def close(self) -> None:
         subprocess.run(["tmux", "-L", self.socket, "kill-server"], capture_output=True, timeout=20)
         shutil.rmtree(self.status_file.parent, ignore_errors=True)
+        if self.socket_path.name == self.socket:  # tmux leaves a killed server's socket file behind
+            self.socket_path.unlink(missing_ok=True)
 
     def __enter__(self) -> Terminal:
         return self
