@@ -63,7 +63,8 @@ smoke:
 
 ## install: the daemon in a self-contained venv $(PREFIX)/lib/videofetchd (symlinked from
 ## $(PREFIX)/bin), the systemd unit, sysusers.d/tmpfiles.d snippets and, only when absent,
-## /etc/videofetchd/videofetchd.yaml. PREFIX=/usr puts unit and snippets under /usr/lib, any
+## /etc/videofetchd/videofetchd.yaml. The Prometheus alert rules and the Grafana dashboard go to
+## $(PREFIX)/share/doc/videofetchd/{prometheus,grafana}/ only: installing them is the admin's call. PREFIX=/usr puts unit and snippets under /usr/lib, any
 ## other PREFIX under /etc. DESTDIR=/stage builds the venv in the staging tree and relocates it
 ## to $(PREFIX) (scripts, pyvenv.cfg and byte-code name $(PREFIX), never DESTDIR), like
 ## dh-virtualenv; the package's post-install step then runs systemd-sysusers/systemd-tmpfiles.
@@ -101,6 +102,8 @@ install:
 	install -m 0644 systemd/videofetchd.tmpfiles "$$dest$$tmpfilesdir/videofetchd.conf"; \
 	install -m 0644 systemd/notify-reload.conf "$$dest$$docdir/notify-reload.conf"; \
 	if [ -f README.md ]; then install -m 0644 README.md "$$dest$$docdir/README.md"; fi; \
+	install -D -m 0644 etc/prometheus/videofetchd.rules.yml "$$dest$$docdir/prometheus/videofetchd.rules.yml"; \
+	install -D -m 0644 etc/grafana/videofetchd.json "$$dest$$docdir/grafana/videofetchd.json"; \
 	if [ -e "$$dest/etc/videofetchd/videofetchd.yaml" ]; then \
 	  echo "install: keeping the existing $$dest/etc/videofetchd/videofetchd.yaml"; \
 	else install -m 0640 etc/videofetchd.yaml "$$dest/etc/videofetchd/videofetchd.yaml"; fi; \

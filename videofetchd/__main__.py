@@ -22,7 +22,7 @@ def _first_word(argv: list[str]) -> str | None:
 
 def main() -> int:
     argv = sys.argv[1:]
-    if _first_word(argv) in (*COMMANDS, "scan", "import-archive", "export-archive"):
+    if _first_word(argv) in (*COMMANDS, "list", "export", "scan", "import-archive", "export-archive"):
         from .ctl import main as ctl_main
         return ctl_main(argv)
     from .cli import main as daemon_main

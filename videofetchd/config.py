@@ -123,6 +123,14 @@ class ControlConfig:
 
 
 @dataclass(frozen=True)
+class MetricsConfig:
+    #: "host:port" of the Prometheus endpoint ("[::1]:9464" for IPv6); empty = off. The built-in
+    #: default is off so that a daemon without a config (or a test) never takes a port; the
+    #: shipped etc/videofetchd.yaml turns it on at 127.0.0.1:9464.
+    listen: str = ""
+
+
+@dataclass(frozen=True)
 class LoggingConfig:
     level: str = "info"
 
@@ -133,6 +141,7 @@ class Config:
     download: DownloadConfig = field(default_factory=DownloadConfig)
     scan: ScanConfig = field(default_factory=ScanConfig)
     control: ControlConfig = field(default_factory=ControlConfig)
+    metrics: MetricsConfig = field(default_factory=MetricsConfig)
     logging: LoggingConfig = field(default_factory=LoggingConfig)
     path: str = field(default="", metadata={"internal": True})  # the file it came from
 
@@ -141,7 +150,7 @@ class Config:
 
 
 #: keys a reload cannot apply; they are reported as needing a restart
-RESTART_KEYS = ("database.url", "database.node_name", "control.socket", "control.mode")
+RESTART_KEYS = ("database.url", "database.node_name", "control.socket", "control.mode", "metrics.listen")
 
 
 def parse_duration(value: Any) -> float:
@@ -299,6 +308,11 @@ def _validate(cfg: Config, loader: _Loader) -> None:
     if cfg.download.postprocess_timeout < cfg.download.stall_timeout:
         raise loader.error("download.postprocess_timeout", "must be >= download.stall_timeout")
     _validate_identities(cfg.download.identities, loader)
+    if cfg.metrics.listen:
+        try:
+            parse_listen(cfg.metrics.listen)
+        except ValueError as exc:
+            raise loader.error("metrics.listen", str(exc)) from None
     if cfg.scan.id_pattern:
         try:
             rx = re.compile(cfg.scan.id_pattern)
@@ -331,6 +345,17 @@ def _validate_identities(identities: tuple[Identity, ...], loader: _Loader) -> N
                                    f"expected a local IP address, got {ident.source_address!r}") from None
         if "source_address" in ident.ytdlp:
             raise loader.error(f"{path}.ytdlp.source_address", f"set {path}.source_address instead")
+
+
+def parse_listen(text: str) -> tuple[str, int]:
+    """(host, port) of a ``host:port`` listen address (``[::1]:9464`` for IPv6); ValueError if malformed."""
+    m = re.fullmatch(r"\[([0-9A-Fa-f:.]+)\]:(\d+)|([^\s:\[\]]+):(\d+)", text.strip())
+    if not m:
+        raise ValueError(f"expected host:port such as 127.0.0.1:9464 (or [::1]:9464), got {text!r}")
+    host, port = (m.group(1), m.group(2)) if m.group(1) else (m.group(3), m.group(4))
+    if not 1 <= int(port) <= 65535:
+        raise ValueError(f"port must be between 1 and 65535, got {port}")
+    return host, int(port)
 
 
 def parse_database_url(url: str) -> tuple[str, dict[str, Any]]:

@@ -13,6 +13,7 @@ import contextlib
 import dataclasses
 import json
 import logging
+import os
 import socket
 import sys
 import time
@@ -20,7 +21,7 @@ from typing import Any, TextIO
 
 from . import __version__
 from . import config as config_mod
-from .control.display import format_status
+from .control.display import Screen, format_status, terminal_size
 from .errors import (EXIT_FAILURE, EXIT_INTERRUPTED, EXIT_OK, EXIT_USAGE, ControlError, InvalidVideoId, NotRunning,
                      VideofetchdError)
 from .control.protocol import ProtocolError, decode_reply, encode
@@ -89,9 +90,50 @@ def request(socket_path: str, message: dict[str, Any], timeout: float = SOCKET_T
 # -- commands -------------------------------------------------------------------------------------
 
 def cmd_status(args: argparse.Namespace, cfg: config_mod.Config, out: TextIO) -> int:
+    if args.watch is not None:
+        return _watch(args, cfg, out)
     reply = request(cfg.control.socket, {"cmd": "status"})
-    out.write(json.dumps(reply, indent=2) + "\n" if args.json else format_status(reply) + "\n")
+    if args.json:
+        out.write(json.dumps(reply, indent=2) + "\n")
+    else:  # on a terminal every line fits its width; into a pipe nothing is shortened
+        width = terminal_size(out)[0] if out.isatty() else None
+        out.write(format_status(reply, width) + "\n")
     return EXIT_OK
+
+
+def _watch(args: argparse.Namespace, cfg: config_mod.Config, out: TextIO) -> int:
+    """``status --watch``: redraw in place every ``args.watch`` seconds until Ctrl-C (exit 0).
+
+    Not on a terminal, each status is printed in full (``--json``: one object per line), so the
+    output can be logged. A daemon that goes away shows as such; the watch goes on and picks it up
+    again when it comes back.
+    """
+    if not args.watch > 0:
+        raise ValueError(f"status --watch: SECONDS must be a positive number, got {args.watch:g}")
+    screen = Screen(out) if out.isatty() and not args.json else None
+    try:
+        while True:
+            try:
+                reply: dict[str, Any] | None = request(cfg.control.socket, {"cmd": "status"})
+                problem = ""
+            except (NotRunning, ControlError) as exc:
+                reply, problem = None, str(exc)
+            if screen is not None:
+                cols, rows = screen.size()
+                text = format_status(reply, cols, rows - 1) if reply else problem
+                stamp = time.strftime("%H:%M:%S")
+                screen.draw([*text.split("\n"), f"every {args.watch:g}s at {stamp}; Ctrl-C to quit"])
+            elif args.json:
+                out.write(json.dumps(reply if reply else {"error": problem}) + "\n")
+            else:
+                out.write((format_status(reply) if reply else problem) + "\n\n")
+            out.flush()
+            time.sleep(args.watch)
+    except KeyboardInterrupt:  # the way to leave a watch: not an error
+        return EXIT_OK
+    finally:
+        if screen is not None:
+            screen.close()
 
 
 def cmd_simple(args: argparse.Namespace, cfg: config_mod.Config, out: TextIO) -> int:
@@ -160,22 +202,6 @@ def cmd_add(args: argparse.Namespace, cfg: config_mod.Config, out: TextIO) -> in
     return EXIT_USAGE if bad else EXIT_OK
 
 
-def cmd_list(args: argparse.Namespace, cfg: config_mod.Config, out: TextIO) -> int:
-    store = _open(cfg)
-    rows = store.list_rows(status=args.status, limit=args.limit)
-    store.close()
-    if args.json:
-        out.write(json.dumps(rows, indent=1) + "\n")
-        return EXIT_OK
-    for r in rows:
-        if r["status"] == "running":
-            where = f"on {r['lease_owner']}"
-        else:
-            where = r["file_path"] or r["last_error"] or ""
-        out.write(f"{r['video_id']:<24} {r['status']:<8} attempts {r['attempts']:<2} {where}\n")
-    return EXIT_OK
-
-
 def cmd_retry(args: argparse.Namespace, cfg: config_mod.Config, out: TextIO) -> int:
     if not args.failed and not args.ids:
         raise InvalidVideoId("retry: give video IDs or --failed")
@@ -201,9 +227,24 @@ def cmd_fetch(args: argparse.Namespace, cfg: config_mod.Config, out: TextIO) -> 
     live = sys.stderr if sys.stderr.isatty() and not args.verbose else None
     if live is not None:
         logging.getLogger().setLevel(logging.WARNING)  # the live view replaces per-job info lines
-    summary = asyncio.run(run_fetch(cfg, num_workers=args.num_workers,
-                                    existing_videos_dir=args.existing_videos_dir, live=live))
-    out.write(summary.text() + "\n")
+    listen = None
+    if args.metrics is not None:
+        listen = args.metrics or cfg.metrics.listen
+        if not listen:
+            raise ValueError("fetch --metrics: give HOST:PORT, or set metrics.listen in the configuration")
+        try:
+            config_mod.parse_listen(listen)
+        except ValueError as exc:
+            raise ValueError(f"fetch --metrics: {exc}") from None
+    summary = asyncio.run(run_fetch(cfg, num_workers=args.num_workers, existing_videos_dir=args.existing_videos_dir,
+                                    live=live, metrics_listen=listen))
+    text = summary.text()
+    if out.isatty():  # long failure reasons are broken into lines that fit, not cut
+        import textwrap
+        cols = terminal_size(out)[0] - 1
+        text = "\n".join(piece for line in text.split("\n")
+                         for piece in textwrap.wrap(line, cols, subsequent_indent="    ", break_on_hyphens=False))
+    out.write(text + "\n")
     return EXIT_OK if summary.ok else EXIT_FAILURE
 
 
@@ -226,16 +267,16 @@ def build_parser() -> argparse.ArgumentParser:
 
     s = sub.add_parser("status", parents=[common], help="daemon state, per-worker progress, queue counts")
     s.add_argument("--json", action="store_true")
+    s.add_argument("--watch", nargs="?", type=float, const=2.0, metavar="SECONDS",
+                   help="redraw every SECONDS (default 2) until Ctrl-C")
     for name, text in (("reload", "re-read the config (like SIGHUP)"), ("pause", "stop claiming new jobs"),
                        ("resume", "claim jobs again")):
         sub.add_parser(name, parents=[common], help=text)
     s = sub.add_parser("add", parents=[common], help="queue video IDs or URLs (known IDs are kept as they are)")
     s.add_argument("items", nargs="*", metavar="ID_OR_URL")
     s.add_argument("--file", metavar="F", help="read one ID or URL per line from F (- for stdin)")
-    s = sub.add_parser("list", parents=[common], help="rows of the queue")
-    s.add_argument("--status", choices=("queued", "running", "done", "failed", "missing"))
-    s.add_argument("--limit", type=int)
-    s.add_argument("--json", action="store_true")
+    from .control.listing import add_list_commands
+    add_list_commands(sub, common)
     s = sub.add_parser("retry", parents=[common], help="put failed rows back in the queue")
     s.add_argument("ids", nargs="*", metavar="ID")
     s.add_argument("--failed", action="store_true", help="every failed row")
@@ -243,6 +284,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--num-workers", "--num_workers", dest="num_workers", type=int, metavar="N")
     s.add_argument("--existing-videos-dir", "--existing_videos_dir", dest="existing_videos_dir", metavar="DIR",
                    help="scan DIR for existing files first and mark their rows done")
+    s.add_argument("--metrics", nargs="?", const="", metavar="HOST:PORT",
+                   help="serve Prometheus metrics while fetching (default address: metrics.listen)")
     from .library.commands import add_scan_commands
     add_scan_commands(sub, common)
     return p
@@ -250,7 +293,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 SOCKET_COMMANDS = ("status", "reload", "pause", "resume")
 COMMANDS = {"status": cmd_status, "reload": cmd_simple, "pause": cmd_simple, "resume": cmd_simple,
-            "add": cmd_add, "list": cmd_list, "retry": cmd_retry, "fetch": cmd_fetch}
+            "add": cmd_add, "retry": cmd_retry, "fetch": cmd_fetch}
 
 
 def main(argv: list[str] | None = None, out: TextIO | None = None) -> int:
@@ -278,6 +321,9 @@ def main(argv: list[str] | None = None, out: TextIO | None = None) -> int:
         if args.verbose:
             from .queue.store import redact
             print(f"videofetchctl: config {cfg.path}, database {redact(cfg.database.url)}", file=sys.stderr)
+        if args.command in ("list", "export"):
+            from .control.listing import LIST_COMMANDS
+            return LIST_COMMANDS[args.command](args, cfg, out)
         if args.command not in COMMANDS:
             from .library.commands import SCAN_COMMANDS
             return SCAN_COMMANDS[args.command](args, cfg, out)
@@ -292,6 +338,10 @@ def main(argv: list[str] | None = None, out: TextIO | None = None) -> int:
     except KeyboardInterrupt:  # every write is its own transaction: what was recorded stays
         print("videofetchctl: interrupted", file=sys.stderr)
         return EXIT_INTERRUPTED
+    except BrokenPipeError:  # `list | head`: the reader has what it wanted
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())  # so that the interpreter's final flush stays quiet
+        return EXIT_OK
 
 
 if __name__ == "__main__":

@@ -52,6 +52,7 @@ class Daemon:
         self.scan_status = ScanStatus()
         self._nudged_at = 0.0
         self._nudge_due = False
+        self.metrics: Any = None  # control.metrics.MetricsServer while metrics.listen is set
 
     async def run(self) -> int:
         loop = asyncio.get_running_loop()
@@ -89,6 +90,9 @@ class Daemon:
         except OSError as exc:
             raise ConfigError(f"control.socket: cannot listen on {self.cfg.control.socket}: "
                               f"{exc.strerror or exc}") from exc
+        if self.cfg.metrics.listen:  # a port taken is a ConfigError; run() stops the control server
+            from .control.metrics import serve
+            self.metrics = serve(self.cfg.metrics.listen, sup, info=self.info, scan=self.scan_status)
         task = asyncio.create_task(sup.run(), name="supervisor")
         listener = None
         if store.backend == "postgres":
@@ -107,6 +111,8 @@ class Daemon:
             if not task.done():
                 sup.request_stop(quick=True)
             await asyncio.gather(task, return_exceptions=True)
+            if self.metrics is not None:
+                await loop.run_in_executor(None, self.metrics.stop)
             store.close()
         task.result()  # a supervisor crash is a bug: let it reach the CLI
         log.info("stopped; queue: %s", sup.queue_counts)
@@ -253,7 +259,7 @@ class Daemon:
         try:
             report = await done
             log.info("scan of %s: %s", where, report.summary())
-            status.last_result, status.last_ok = report.summary(), True
+            status.last_result, status.last_ok, status.last_success_ts = report.summary(), True, time.time()
         except VideofetchdError as exc:
             log.error("scan of %s refused: %s", where, exc)
             status.last_result, status.last_ok = f"refused: {exc}", False

@@ -1,7 +1,9 @@
 """One-shot mode: drain the queue with N workers and exit (``videofetchctl fetch``, ``Fetcher``).
 
 The same supervisor as the daemon, told to stop once no row is queued. On a terminal it redraws a
-live per-worker view; otherwise progress goes to the log as plain lines.
+live per-worker view that fits the terminal, with log records printed above it; otherwise progress
+goes to the log as plain lines. Asked to (``--metrics``), it serves the daemon's Prometheus metrics
+while it runs.
 """
 
 from __future__ import annotations
@@ -15,13 +17,15 @@ import logging
 import multiprocessing.process
 import signal
 import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TextIO
+from typing import Any, TextIO
 
 from . import config as config_mod
 from .config import Config
-from .control.display import format_worker, human_duration
+from .control.display import LiveBlock, format_workers, human_bytes, human_duration, printable, terminal_size
 from .control.server import ConfigInfo, snapshot
 from .queue.store import open_store
 from .errors import HostFault
@@ -55,9 +59,9 @@ class FetchSummary:
         if self.interrupted:
             lines.append("interrupted before the queue was drained; running rows went back to the queue")
         reasons = collections.Counter(reason for _, reason in self.failures)
-        for reason, n in reasons.most_common(10):
-            examples = [v for v, r in self.failures if r == reason][:3]
-            lines.append(f"  {n} failed: {reason}  (e.g. {', '.join(examples)})")
+        for reason, n in reasons.most_common(10):  # errors and IDs come from outside: escape them
+            examples = [printable(v) for v, r in self.failures if r == reason][:3]
+            lines.append(f"  {n} failed: {printable(reason)}  (e.g. {', '.join(examples)})")
         return "\n".join(lines)
 
 
@@ -71,8 +75,9 @@ def _check_workers(num_workers: object) -> int:
 
 
 async def run_fetch(cfg: Config, *, num_workers: int | None = None, existing_videos_dir: str | None = None,
-                    live: TextIO | None = None) -> FetchSummary:
-    """Scan ``existing_videos_dir`` if given, then download every queued row."""
+                    live: TextIO | None = None, metrics_listen: str | None = None) -> FetchSummary:
+    """Scan ``existing_videos_dir`` if given, then download every queued row (serving metrics on
+    ``metrics_listen`` while it runs, if given)."""
     if num_workers is not None:
         _check_workers(num_workers)
         cfg = dataclasses.replace(cfg, download=dataclasses.replace(cfg.download, workers=num_workers))
@@ -88,13 +93,23 @@ async def run_fetch(cfg: Config, *, num_workers: int | None = None, existing_vid
         scanned = report.marked_done
         log.info("scan of %s: %s", existing_videos_dir, report.summary())
     sup = Supervisor(cfg, store, node=cfg.node_name(), one_shot=True)
+    metrics: Any = None
+    if metrics_listen:
+        from .control.metrics import serve
+        try:
+            metrics = serve(metrics_listen, sup)
+        except BaseException:
+            store.close()
+            raise
     handlers = {signal.SIGTERM: False, signal.SIGINT: True}
     for sig, quick in handlers.items():
         loop.add_signal_handler(sig, functools.partial(sup.request_stop, quick=quick))
     task = asyncio.create_task(sup.run())
-    drawer = asyncio.create_task(_draw(sup, cfg, live)) if live is not None else None
+    block = LiveBlock(live) if live is not None else None
+    drawer = asyncio.create_task(_draw(sup, cfg, block)) if block is not None else None
     try:
-        await task
+        with _logs_above(block):
+            await task
     except HostFault as exc:
         script = unguarded_main_script() if WORKERS_CANNOT_START in exc.conditions else None
         if script is None:
@@ -108,6 +123,11 @@ async def run_fetch(cfg: Config, *, num_workers: int | None = None, existing_vid
             loop.remove_signal_handler(sig)
         if drawer is not None:
             drawer.cancel()
+            await asyncio.gather(drawer, return_exceptions=True)
+        if block is not None:
+            block.draw(_view(sup, cfg, block)[:1])  # the final totals; the workers are gone
+        if metrics is not None:
+            await loop.run_in_executor(None, metrics.stop)
         store.close()
     c = sup.counters
     return FetchSummary(completed=c.completed, failed=c.failed, retried=c.retried,
@@ -115,19 +135,19 @@ async def run_fetch(cfg: Config, *, num_workers: int | None = None, existing_vid
                         interrupted=sup.stopping)
 
 
-async def _draw(sup: Supervisor, cfg: Config, out: TextIO) -> None:
-    """Redraw the live view in place: one line per worker plus a totals line."""
-    shown = 0
-    info = ConfigInfo(path=cfg.path)
+def _view(sup: Supervisor, cfg: Config, block: LiveBlock) -> list[str]:
+    """The live view: a totals line, then one line per worker, fitting the terminal's width."""
+    st = snapshot(sup, ConfigInfo(path=cfg.path))
+    q, c = st["queue"], st["counters"]
+    head = (f"fetch: {c['completed']} done, {c['failed']} failed, {c['retried']} retried; queued "
+            f"{q.get('queued', 0)}; {human_bytes(c['downloaded_bytes'])}; up {human_duration(st['uptime_s'])}")
+    return [head, *format_workers(st["workers"], terminal_size(block.out)[0] - 1)]
+
+
+async def _draw(sup: Supervisor, cfg: Config, block: LiveBlock) -> None:
+    """Redraw the live view in place until cancelled."""
     while True:
-        st = snapshot(sup, info)
-        q, c = st["queue"], st["counters"]
-        lines = [f"fetch: {c['completed']} done, {c['failed']} failed, {c['retried']} retried; "
-                 f"queued {q.get('queued', 0)}; up {human_duration(st['uptime_s'])}"]
-        lines += [format_worker(w) for w in st["workers"]]
-        out.write(("\x1b[F" * shown) + "".join("\x1b[2K" + line[:200] + "\n" for line in lines))
-        out.flush()
-        shown = len(lines)
+        block.draw(_view(sup, cfg, block))
         await asyncio.sleep(REDRAW_S)
 
 
@@ -154,6 +174,36 @@ def unguarded_main_script() -> str | None:
         if isinstance(node, ast.If) and "__name__" in ast.unparse(node.test) and "__main__" in ast.unparse(node.test):
             return None
     return str(path)
+
+
+class _BlockHandler(logging.Handler):
+    def __init__(self, block: LiveBlock) -> None:
+        super().__init__()
+        self.block = block
+
+    def emit(self, record: logging.LogRecord) -> None:
+        try:
+            self.block.message(self.format(record))
+        except Exception:  # noqa: BLE001 - logging must never raise
+            self.handleError(record)
+
+
+@contextmanager
+def _logs_above(block: LiveBlock | None) -> Iterator[None]:
+    """While the live view runs, log records go above it instead of into it."""
+    root = logging.getLogger()
+    if block is None:
+        yield
+        return
+    saved = root.handlers[:]
+    handler = _BlockHandler(block)
+    if saved:
+        handler.setFormatter(saved[0].formatter)
+    root.handlers[:] = [handler]
+    try:
+        yield
+    finally:
+        root.handlers[:] = saved
 
 
 class Fetcher:

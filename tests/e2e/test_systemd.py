@@ -6,7 +6,9 @@ from __future__ import annotations
 
 import json
 import re
+import socket
 import time
+import urllib.request
 from typing import Any, Iterator
 
 import pytest
@@ -18,6 +20,17 @@ from mediaserver import MediaServer
 UNIT_PATH = "/etc/systemd/system/" + UNIT
 DB = "/var/lib/videofetchd/videofetchd.db"
 WORKERS = 2
+DOCDIR = "/usr/local/share/doc/videofetchd"
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+#: the container shares the host's network: a free port rather than the shipped 9464
+METRICS_PORT = _free_port()
 
 
 def status(c: nspawn.Container) -> dict[str, Any] | None:
@@ -56,7 +69,8 @@ def svc(installed: nspawn.Container, media: MediaServer) -> nspawn.Container:
     update_config(installed,
                   database={"poll_interval": "1s"},
                   download={"url_template": media.url_template, "workers": WORKERS,
-                            "drain_timeout": "2s", "kill_grace": "2s", "retry_backoff": "1s"})
+                            "drain_timeout": "2s", "kill_grace": "2s", "retry_backoff": "1s"},
+                  metrics={"listen": f"127.0.0.1:{METRICS_PORT}"})
     r = installed.C("videofetchd", "--check-config", "--config", CONFIG, check=False)
     assert r.returncode == 0, f"--check-config rejected the test config:\n{r.stdout}{r.stderr}"
     return installed
@@ -73,6 +87,11 @@ def test_installed_layout(installed: nspawn.Container) -> None:
     assert c.C("stat", "-c", "%a %U %G", CONFIG).stdout.split() == ["640", "root", "videofetchd"]
     assert c.C("videofetchd", "--version").returncode == 0
     assert c.C("videofetchctl", "--version").returncode == 0
+    # the shipped config turns the metrics endpoint on; rules and dashboard are examples only
+    assert read_config(c)["metrics"]["listen"] == "127.0.0.1:9464"
+    for doc in ("prometheus/videofetchd.rules.yml", "grafana/videofetchd.json"):
+        assert c.C("test", "-f", f"{DOCDIR}/{doc}", check=False).returncode == 0, doc
+    assert c.C("test", "-e", "/etc/prometheus/videofetchd.rules.yml", check=False).returncode != 0
 
 
 def test_unit_verify_is_clean(installed: nspawn.Container) -> None:
@@ -109,6 +128,16 @@ def test_start_returns_when_ready(svc: nspawn.Container) -> None:
     # The daemon runs as the static user from sysusers, not as root.
     pid = show(c)["MainPID"]
     assert c.C("ps", "-o", "user=", "-p", pid).stdout.strip() == "videofetchd"
+
+
+def test_metrics_endpoint_under_the_sandbox(svc: nspawn.Container) -> None:
+    """The hardened unit may listen on TCP and read its own /proc entry (process_* metrics)."""
+    with urllib.request.urlopen(f"http://127.0.0.1:{METRICS_PORT}/metrics", timeout=20) as reply:
+        text = reply.read().decode()
+    slots = sum(float(v) for v in re.findall(r'^videofetchd_workers\{state="\w+"\} (\S+)$', text, re.M))
+    assert slots == WORKERS, text
+    assert 'videofetchd_state{state="running"} 1.0' in text, text
+    assert "process_resident_memory_bytes" in text and "videofetchd_build_info{" in text, text
 
 
 def test_reload_changes_worker_count_without_restart(svc: nspawn.Container) -> None:

@@ -75,12 +75,30 @@ def test_example_config_mentions_every_setting() -> None:
     assert missing == [], f"etc/videofetchd.yaml lacks {missing}"
 
 
+#: where the shipped example deliberately differs from the built-in default, and what it sets
+SHIPPED_NOT_DEFAULT = {"metrics.listen": "127.0.0.1:9464"}  # off without a config: tests never take a port
+
+
 def test_example_config_values_are_the_defaults_for_scalars() -> None:
     # the example documents the defaults; a drift between the two misleads whoever reads it
     cfg, defaults = config.load(EXAMPLE), config.Config()
     for dotted in field_paths(config.Config):
         section, key = dotted.split(".")
-        assert getattr(getattr(cfg, section), key) == getattr(getattr(defaults, section), key), dotted
+        expected = SHIPPED_NOT_DEFAULT.get(dotted, getattr(getattr(defaults, section), key))
+        assert getattr(getattr(cfg, section), key) == expected, dotted
+    assert config.Config().metrics.listen == ""
+
+
+@pytest.mark.parametrize("text, expected", [("127.0.0.1:9464", ("127.0.0.1", 9464)), ("[::1]:9464", ("::1", 9464)),
+                                            ("localhost:1", ("localhost", 1)), (" 0.0.0.0:65535 ", ("0.0.0.0", 65535))])
+def test_metrics_listen_addresses(text: str, expected: tuple[str, int]) -> None:
+    assert config.parse_listen(text) == expected
+
+
+@pytest.mark.parametrize("value", ["9464", "127.0.0.1", "127.0.0.1:0", "127.0.0.1:70000", "::1:9464", "a b:1"])
+def test_metrics_listen_refuses_what_cannot_be_bound(tmp_path: Path, value: str) -> None:
+    message, path = load_error(tmp_path, {"metrics": {"listen": value}})
+    assert f"{path}: metrics.listen: " in message and "port" in message, message
 
 
 def test_empty_file_gives_the_defaults(tmp_path: Path) -> None:

@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING, Any
 from .. import __version__
 from ..queue.store import redact
 from .guard import Admission, peer_creds, take_socket
+from .display import STALE_PROGRESS_S
 from .protocol import MAX_LINE, PRIVILEGED, PROTOCOL_VERSION, ProtocolError, decode_request, encode, error_reply
 
 if TYPE_CHECKING:
@@ -57,6 +58,7 @@ class ScanStatus:
     last_result: str | None = None  #: summary of the last scan, or why it failed
     last_ok: bool = True
     last_finished: str = ""  #: local wall-clock time
+    last_success_ts: float = 0.0  #: Unix time the last successful scan finished (0: none yet)
 
     def to_dict(self, now: float) -> dict[str, Any]:
         return {"running": self.running, "directories": list(self.directories),
@@ -75,14 +77,17 @@ def snapshot(sup: Supervisor, info: ConfigInfo, scan: ScanStatus | None = None) 
                                                                 else "restarting")}
         if slot.job is not None:
             p = slot.progress(now)
+            # no progress for a while: the child's last speed and ETA are stale; say how long it stalls
+            stalled = not p.postprocessing and p.last_progress_age_s >= STALE_PROGRESS_S
             w.update(video_id=slot.job.video_id, attempt=slot.job.attempt, identity=slot.job.identity, phase=p.phase,
                      downloaded_bytes=p.downloaded_bytes, total_bytes=p.total_bytes,
-                     speed_bps=p.speed_bps, eta_s=p.eta_s,
+                     speed_bps=None if stalled else p.speed_bps, eta_s=None if stalled else p.eta_s,
                      last_progress_age_s=round(p.last_progress_age_s, 2),
+                     stalled_s=round(p.last_progress_age_s, 1) if stalled else None,
                      running_s=round(now - slot.started_at, 1))
         else:  # the same keys for every worker, so scripts need no special case
             w.update(video_id=None, attempt=None, identity=None, phase="idle", downloaded_bytes=0, total_bytes=None,
-                     speed_bps=None, eta_s=None, last_progress_age_s=None, running_s=None)
+                     speed_bps=None, eta_s=None, last_progress_age_s=None, stalled_s=None, running_s=None)
         if slot.retiring:
             w["retiring"] = True
         workers.append(w)

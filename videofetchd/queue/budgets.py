@@ -133,8 +133,9 @@ def claim(store: Store, owner: str, limit: int, lease_s: float, limits: Sequence
                 f"attempts = attempts + 1, updated_at = {store.now}, identity = ?")
         for name, ids in chosen.items():
             got = _update_free(store, sets, [owner, token, lease_s, name], ids,
-                               ("id", "video_id", "url", "attempts"))
-            claimed += [Claimed(r[0], r[1], r[2], r[3], token, name) for r in got]
+                               ("id", "video_id", "url", "attempts", "run_after"))
+            claimed += [Claimed(r[0], r[1], r[2], r[3], token, name, queue_wait_s=max(0.0, now - float(r[4])))
+                        for r in got]
             for row_id in set(ids) - {r[0] for r in got}:
                 if name is not None:
                     planner.refund(name, sites[row_id] or "")

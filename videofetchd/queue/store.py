@@ -39,6 +39,7 @@ class Claimed:
     attempt: int
     claim_token: str
     identity: str | None = None  #: the egress identity it runs under (None: no identities configured)
+    queue_wait_s: float = 0.0  #: how long the row had been eligible (run_after passed) when claimed
 
 
 def db_errors(fn: Callable[..., T]) -> Callable[..., T]:
@@ -230,13 +231,16 @@ class Store:
         if self.backend == "postgres":
             sql = (f"WITH c AS MATERIALIZED ({pick} FOR UPDATE SKIP LOCKED) "
                    f"UPDATE videos v SET {sets} FROM c WHERE v.id = c.id "
-                   "RETURNING v.id, v.video_id, v.url, v.attempts")
+                   f"RETURNING v.id, v.video_id, v.url, v.attempts, {self.now} - v.run_after")
             params: list[Any] = [limit, owner, token, lease_s]
         else:
-            sql = f"UPDATE videos SET {sets} WHERE id IN ({pick}) RETURNING id, video_id, url, attempts"
+            sql = (f"UPDATE videos SET {sets} WHERE id IN ({pick}) "
+                   f"RETURNING id, video_id, url, attempts, {self.now} - run_after")
             params = [owner, token, lease_s, limit]
         rows, _ = self.write(sql, params)
-        return sorted((Claimed(r[0], r[1], r[2], r[3], token) for r in rows), key=lambda c: c.row_id)
+        return sorted((Claimed(r[0], r[1], r[2], r[3], token, queue_wait_s=max(0.0, float(r[4] or 0.0)))
+                       for r in rows),
+                      key=lambda c: c.row_id)
 
     @db_errors
     def renew(self, owner: str, lease_s: float) -> set[tuple[int, str]]:
@@ -402,6 +406,13 @@ class Store:
         if self.backend == "postgres" and n:
             self.write(f"SELECT pg_notify('{models.NOTIFY_CHANNEL}', '')")
         return max(n, 0)
+
+    @db_errors
+    def oldest_queued_age(self) -> float:
+        """Seconds the longest-waiting eligible queued row has waited since it became eligible (0: none
+        waits). One probe of the queued-rows index, so it stays cheap at any queue size."""
+        rows = self.read(f"SELECT {self.now} - min(run_after) FROM videos WHERE status = 'queued'")
+        return 0.0 if not rows or rows[0][0] is None else max(0.0, float(rows[0][0]))
 
     @db_errors
     def next_eligible_in(self) -> float | None:

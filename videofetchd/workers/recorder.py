@@ -2,25 +2,34 @@
 
 Every write matches the job's claim token, so an outcome whose lease was lost is dropped and
 counted, never written over another daemon's result. Used by the supervisor only.
+The counters, outcome tallies and histograms here are the one record of what happened: status
+and the Prometheus endpoint read them as they are, so nothing is counted twice. Each kept write
+also moves the row in the supervisor's cached queue counts, so counts and counters always agree.
 """
 
 from __future__ import annotations
 
+import bisect
 import collections
 import logging
 import random
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from ..config import DownloadConfig
 from ..errors import DatabaseRefused
 from ..queue.jobs import ErrorKind, Job, Outcome, backoff_delay, site_of
-from ..queue.store import Store
+from ..queue.store import Claimed, Store
 from .egress import Egress
 
 log = logging.getLogger(__name__)
 MAX_FAILURES_KEPT = 1000  #: failures remembered for the one-shot summary (newest kept)
+#: upper bounds (seconds) of the job duration histogram: from a small file to job_timeout's default
+DURATION_BUCKETS_S = (0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600, 1800, 3600, 3 * 3600, 6 * 3600)
+#: upper bounds (seconds) of the queue wait histogram (eligible -> started): a busy queue waits days
+QUEUE_WAIT_BUCKETS_S = (1, 5, 30, 60, 300, 900, 1800, 3600, 3 * 3600, 6 * 3600, 12 * 3600, 86400,
+                        3 * 86400, 7 * 86400)
 
 
 @dataclass
@@ -32,16 +41,53 @@ class Counters:
     worker_restarts: int = 0
     recycled: int = 0
     lost_leases: int = 0
+    downloaded_bytes: int = 0  #: bytes yt-dlp reported written (a resumed .part counts its first part again)
+
+
+@dataclass
+class Buckets:
+    """A cumulative histogram kept where the events happen; the metrics endpoint reads it as is."""
+
+    bounds: tuple[float, ...]
+    counts: list[int] = field(default_factory=list)  #: per bucket (not cumulative); the last is +Inf
+    total: float = 0.0  #: sum of every observed value
+
+    def __post_init__(self) -> None:
+        self.counts = [0] * (len(self.bounds) + 1)
+
+    def observe(self, value: float) -> None:
+        self.counts[bisect.bisect_left(self.bounds, value)] += 1  # le is inclusive: value == bound fits
+        self.total += value
+
+
+@dataclass
+class JobStats:
+    """Outcome tallies and histograms for the metrics endpoint (not in the status reply)."""
+
+    #: (outcome, error_kind) -> attempts that ended so; outcome is done, failed or retried, error_kind "" for done
+    finished: collections.Counter[tuple[str, str]] = field(default_factory=collections.Counter)
+    durations: Buckets = field(default_factory=lambda: Buckets(DURATION_BUCKETS_S))
+    queue_waits: Buckets = field(default_factory=lambda: Buckets(QUEUE_WAIT_BUCKETS_S))
+
+
+def move_count(counts: dict[str, int], src: str, dst: str, n: int = 1) -> None:
+    """Move ``n`` rows between states in cached queue counts (left alone before the first count)."""
+    if counts and n > 0:
+        counts[src] = max(0, counts.get(src, 0) - n)
+        counts[dst] = counts.get(dst, 0) + n
 
 
 class Recorder:
     def __init__(self, store: Store, db: Callable[..., Awaitable[Any]], counters: Counters,
-                 site_pauses: dict[str, float], egress: Egress) -> None:
+                 site_pauses: dict[str, float], egress: Egress, *, stats: JobStats | None = None,
+                 queue_counts: dict[str, int] | None = None) -> None:
         self.store = store
         self.egress = egress
         self.db = db
         self.counters = counters
         self.site_pauses = site_pauses  # shared with the supervisor: site -> monotonic end of pause
+        self.stats = stats if stats is not None else JobStats()
+        self.queue_counts = queue_counts if queue_counts is not None else {}  # shared with the supervisor
         self.failures: collections.deque[tuple[str, str]] = collections.deque(maxlen=MAX_FAILURES_KEPT)
         self._rng = random.Random()
 
@@ -55,11 +101,16 @@ class Recorder:
             await self._write(job, o, d)
         except DatabaseRefused as exc:
             log.error("job %s: the database refused its result (%s)", job.video_id, exc)
-            kept = await self.db(self.store.retry_later, job.row_id, job.claim_token,
-                                 error=f"result refused by the database: {exc}", kind=ErrorKind.TRANSIENT.value,
-                                 delay_s=d.retry_backoff, max_attempts=d.max_attempts)
+            error = f"result refused by the database: {exc}"
+            kept = await self.db(self.store.retry_later, job.row_id, job.claim_token, error=error,
+                                 kind=ErrorKind.TRANSIENT.value, delay_s=d.retry_backoff, max_attempts=d.max_attempts)
             if not kept:
                 self.counters.lost_leases += 1
+            elif job.attempt >= d.max_attempts:
+                self.failed(job, error, ErrorKind.TRANSIENT)
+            else:
+                self._tally("retried", ErrorKind.TRANSIENT.value, "queued")
+                self.counters.retried += 1
 
     async def _write(self, job: Job, o: Outcome, d: DownloadConfig) -> None:
         st, token = self.store, job.claim_token
@@ -68,6 +119,7 @@ class Recorder:
                                  file_size=o.file_size or 0, extractor=o.extractor)
             self.counters.completed += kept
             if kept:
+                self._tally("done", "", "done")
                 log.info("job %s done: %s (%d bytes)", job.video_id, o.file_path, o.file_size or 0)
             site = site_of(job.url)
             if site in self.site_pauses:
@@ -78,19 +130,25 @@ class Recorder:
             if o.condition is not None:
                 log.warning("job %s handed back without using an attempt (host condition %s)", job.video_id,
                             o.condition)
+            if kept:
+                move_count(self.queue_counts, "running", "queued")
         elif o.kind in (ErrorKind.PERMANENT, ErrorKind.INVALID):
             kept = await self.db(st.fail, job.row_id, token, error=o.error or "", kind=o.kind.value)
-            self.failed(job, o.error or "")
+            if kept:
+                self.failed(job, o.error or "", o.kind)
         elif o.kind is ErrorKind.THROTTLED:  # the site, or one identity on it, pauses; the row waits, uncharged
             delay = await self.egress.throttled(job, d, o.error or "throttled")
             kept = await self.db(st.release, job.row_id, token, delay_s=delay, reason=o.error)
+            if kept:
+                self._tally("retried", o.kind.value, "queued")
         else:
             delay = backoff_delay(job.attempt, d.retry_backoff, d.retry_backoff_max, self._rng)
             kept = await self.db(st.retry_later, job.row_id, token, error=o.error or "",
                                  kind=o.kind.value, delay_s=delay, max_attempts=d.max_attempts)
-            if job.attempt >= d.max_attempts:
-                self.failed(job, o.error or "")
-            else:
+            if kept and job.attempt >= d.max_attempts:
+                self.failed(job, o.error or "", o.kind)
+            elif kept:
+                self._tally("retried", o.kind.value, "queued")
                 self.counters.retried += 1
                 log.warning("job %s failed (attempt %d/%d, %s): %s; retry in %.0fs", job.video_id,
                             job.attempt, d.max_attempts, o.kind.value, o.error, delay)
@@ -98,7 +156,23 @@ class Recorder:
             self.counters.lost_leases += 1
             log.warning("job %s: lease was lost; its result was not recorded", job.video_id)
 
-    def failed(self, job: Job, error: str) -> None:
+    async def invalid(self, c: Claimed, error: str) -> None:
+        """A claimed row that cannot even be started (its ID makes no URL): failed for good."""
+        if await self.db(self.store.fail, c.row_id, c.claim_token, error=error, kind=ErrorKind.INVALID.value):
+            self.failed(Job(c.row_id, c.video_id, c.url or "", c.attempt, c.claim_token), error, ErrorKind.INVALID)
+
+    async def hand_back(self, c: Claimed, **how: Any) -> None:
+        """Give a claimed row that never started back to the queue, uncharged (``store.release``)."""
+        if await self.db(self.store.release, c.row_id, c.claim_token, **how):
+            move_count(self.queue_counts, "running", "queued")
+
+    def _tally(self, outcome: str, kind: str, new_status: str) -> None:
+        self.stats.finished[(outcome, kind)] += 1
+        move_count(self.queue_counts, "running", new_status)
+
+    def failed(self, job: Job, error: str, kind: ErrorKind) -> None:
+        """A row failed for good (its write was kept)."""
+        self._tally("failed", kind.value, "failed")
         self.counters.failed += 1
         self.failures.append((job.video_id, error))
         log.error("job %s failed for good (attempt %d): %s", job.video_id, job.attempt, error)

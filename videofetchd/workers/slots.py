@@ -85,6 +85,7 @@ class Slot:
         self.io = IoMeter()  # the kernel's view of the running job's bytes (see liveness)
         self.io_beat = 0.0  # monotonic: the last time those counters moved
         self._io_checked = 0.0
+        self.bytes_seen = 0  # the child's downloaded-bytes figure when new_bytes() last read it
 
     # -- life cycle ---------------------------------------------------------------------------
 
@@ -159,6 +160,7 @@ class Slot:
         self.shared[child.BEAT] = now  # the stall clock starts at dispatch
         self.shared[child.DONE_BYTES] = 0
         self.shared[child.TOTAL_BYTES] = 0
+        self.bytes_seen = 0
         self.job, self.job_cfg, self.started_at = job, cfg, now
         self.io, self.io_beat, self._io_checked = IoMeter(), now, 0.0
         self.future = self.executor.submit(child.run_job, job, cfg, generation)
@@ -212,6 +214,14 @@ class Slot:
                       grace=d.kill_grace, now=now)
         elif now - self.started_at > d.job_timeout:
             self.kill(f"running longer than job_timeout {d.job_timeout:g}s", grace=d.kill_grace, now=now)
+
+    def new_bytes(self) -> int:
+        """Bytes downloaded since the last call. yt-dlp's figure restarts at zero for each file of a
+        job (video, then audio), so a figure below the last one is a new file's."""
+        done = int(self.shared[child.DONE_BYTES]) if self.busy else 0
+        new = done - self.bytes_seen if done >= self.bytes_seen else done
+        self.bytes_seen = done
+        return new
 
     def kill(self, reason: str, *, grace: float, now: float) -> None:
         """SIGTERM the child's process group now, SIGKILL once ``grace`` has passed."""

@@ -27,7 +27,7 @@ from .breaker import CrashBreaker
 from .health import Health
 from .hostwatch import HostWatch
 from .egress import Egress
-from .recorder import Counters, Recorder
+from .recorder import Counters, JobStats, Recorder, move_count
 from .slots import Slot, reap_children, signal_group
 from ..queue.store import Claimed, Store
 
@@ -63,7 +63,9 @@ class Supervisor:
         self.link = DbLink()
         self.db_health = self.link.health
         self.db = self.link.call
-        self.queue_counts: dict[str, int] = {}
+        self.queue_counts: dict[str, int] = {}  # updated in place: the recorder moves rows in it
+        self.oldest_queued_s = 0.0  # how long the longest-waiting eligible row has waited
+        self.stats = JobStats()
         self.health = Health()  # host conditions: while any is active nothing is claimed
         self.hostwatch = HostWatch(self.health, on_result=functools.partial(self._on_done, None))
         self.breaker = CrashBreaker(self.health)
@@ -80,7 +82,8 @@ class Supervisor:
         self._liveness_at = 0.0
         self._failures: collections.deque[float] = collections.deque()  # monotonic times of failed passes
         self.egress = Egress(store, self.db, self.site_pauses)
-        self.recorder = Recorder(store, self.db, self.counters, self.site_pauses, self.egress)
+        self.recorder = Recorder(store, self.db, self.counters, self.site_pauses, self.egress, stats=self.stats,
+                                 queue_counts=self.queue_counts)
 
     # -- plumbing -------------------------------------------------------------------------------
 
@@ -135,6 +138,7 @@ class Supervisor:
         """One turn of the loop; True when the supervisor is done (stopped, or one-shot drained)."""
         await self._reap()
         for slot in self.slots:
+            self.counters.downloaded_bytes += slot.new_bytes()
             slot.enforce_limits(now)
         await self._refresh(now)
         self._maintain_slots()
@@ -212,6 +216,9 @@ class Supervisor:
             if not slot.busy or slot.future is None or not slot.future.done():
                 continue
             reason, pid = slot.kill_reason, slot.pid
+            self.counters.downloaded_bytes += slot.new_bytes()
+            if reason != "daemon stopping":
+                self.stats.durations.observe(time.monotonic() - slot.started_at)
             job, fut = slot.take_result()
             exc = fut.exception()
             if exc is None:
@@ -333,7 +340,7 @@ class Supervisor:
                     log.warning("returned %d rows with expired leases to the queue", n)
             if force or now - self._counts_at >= COUNTS_EVERY_S:
                 self._counts_at = now
-                self.queue_counts = await self.db(self.store.counts)
+                await self._count()
                 if self.cfg.download.identities or self.egress.buckets:
                     await self.egress.refresh(self.cfg.download)
             if force or now - self._pauses_at >= 10.0:
@@ -343,6 +350,11 @@ class Supervisor:
                 self.site_pauses.update({s: now + left for s, left in pauses.items()})
         except DatabaseUnavailable as exc:
             self.link.down(exc)
+
+    async def _count(self) -> None:
+        # update, never clear: the metrics thread may copy the dict at any moment (every state is a key)
+        self.queue_counts.update(await self.db(self.store.counts))
+        self.oldest_queued_s = await self.db(self.store.oldest_queued_age)
 
     async def _release_strays(self, kept: set[tuple[int, str]]) -> None:
         """Rows leased to this node that no slot runs: a claim whose answer never reached us
@@ -364,6 +376,7 @@ class Supervisor:
         poll = cfg.database.poll_interval
         try:
             claimed, budget_in = await self.egress.claim(cfg, self.owner, len(idle), now)
+            move_count(self.queue_counts, "queued", "running", len(claimed))
             if len(claimed) < len(idle):  # the next token of a budget may come before the next poll
                 self._next_claim = now + (poll if budget_in is None else min(poll, budget_in))
                 if self.one_shot and not claimed and not any(s.busy for s in self.slots):
@@ -380,12 +393,11 @@ class Supervisor:
         try:
             url = url_for(c.video_id, c.url, d.url_template)
         except InvalidVideoId as exc:
-            await self.db(self.store.fail, c.row_id, c.claim_token, error=str(exc), kind=ErrorKind.INVALID.value)
-            self.recorder.failed(Job(c.row_id, c.video_id, c.url or "", c.attempt, c.claim_token), str(exc))
+            await self.recorder.invalid(c, str(exc))
             return
         site = site_of(url)
         if c.identity is None and self.site_pauses.get(site, 0.0) > now:  # (budgeted claims saw the pauses)
-            await self.db(self.store.release, c.row_id, c.claim_token, delay_s=self.site_pauses[site] - now)
+            await self.recorder.hand_back(c, delay_s=self.site_pauses[site] - now)
             return
         job = Job(row_id=c.row_id, video_id=c.video_id, url=url, attempt=c.attempt, claim_token=c.claim_token,
                   identity=c.identity)
@@ -397,8 +409,9 @@ class Supervisor:
             slot.discard()
             self.counters.worker_restarts += 1
             self.breaker.death(d, now)
-            await self.db(self.store.release, c.row_id, c.claim_token, reason="worker child lost before start")
+            await self.recorder.hand_back(c, reason="worker child lost before start")
             return
+        self.stats.queue_waits.observe(c.queue_wait_s)
         fut.add_done_callback(self._on_done)
         log.debug("job %s started on slot %d (attempt %d, identity %s)", job.video_id, slot.index, job.attempt,
                   job.identity)
@@ -428,7 +441,7 @@ class Supervisor:
                 job, outcome = self.db_health.pending[0]
                 await self._write_outcome(job, outcome)
                 self.db_health.pending.pop(0)
-            self.queue_counts = await self.db(self.store.counts)
+            await self._count()
         except (DatabaseUnavailable, DatabaseGone) as exc:
             log.error("could not record %d results before exit (%s); their leases will expire",
                       len(self.db_health.pending), exc)
