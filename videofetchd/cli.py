@@ -6,12 +6,14 @@ import argparse
 import asyncio
 import faulthandler
 import logging
+import os
 import sys
 
 from . import __version__
 from . import config as config_mod
 from .errors import EXIT_FAILURE, EXIT_OK, VideofetchdError
 from .logs import setup_logging
+from .text import printable
 
 log = logging.getLogger("videofetchd")
 
@@ -41,13 +43,16 @@ def main(argv: list[str] | None = None) -> int:
             print(f"{cfg.path}: configuration is valid")
             return EXIT_OK
         setup_logging(cfg.logging.level, verbose=args.verbose)
+        # before the forkserver starts, whose children write the videos: the queue, the videos and
+        # the socket directory are never world-readable, with or without the unit's UMask=
+        os.umask(config_mod.PRIVATE_UMASK)
         from .workers.slots import start_forkserver
         start_forkserver()  # its yt-dlp preload overlaps our imports and the database opening
         from .daemon import Daemon  # imported late: --check-config must not need the database driver
         return asyncio.run(Daemon(cfg).run())
     except VideofetchdError as exc:
         log.debug("details", exc_info=exc)
-        print(f"videofetchd: {exc}", file=sys.stderr)
+        print(f"videofetchd: {printable(exc)}", file=sys.stderr)
         return exc.exit_code
 
 

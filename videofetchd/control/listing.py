@@ -24,7 +24,8 @@ from typing import Any, Callable, TextIO
 
 from ..config import Config
 from ..errors import EXIT_OK, VideofetchdError
-from .display import fit, printable, terminal_size
+from ..text import printable
+from .display import fit, terminal_size
 
 #: the manifest's fields, in this order (DESIGN.md)
 EXPORT_FIELDS = ("video_id", "status", "attempts", "error_kind", "last_error", "file_path", "file_size",
