@@ -28,6 +28,8 @@ from .errors import ConfigError
 
 DEFAULT_CONFIG_PATH = "/etc/videofetchd/videofetchd.yaml"
 CONFIG_ENV = "VIDEOFETCHD_CONFIG"
+#: the daemon and fetch set it (the unit's UMask= too): what they write is never world-readable
+PRIVATE_UMASK = 0o027
 
 _DURATION_UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
 _SIZE_UNITS = {"": 1, "b": 1, "k": 1000, "kb": 1000, "kib": 1024, "m": 1000**2, "mb": 1000**2,
@@ -89,6 +91,11 @@ class DownloadConfig:
     crash_window: float = _duration(60.0, minimum=1.0)
     #: bytes; below this much free space in directory claiming pauses (0: only a full disk pauses)
     min_free_space: int = field(default=1024**3, metadata={"kind": "size", "min": 0})
+    #: bytes one download may write, counted as they arrive (declared length or not); 0 = no limit
+    max_filesize: int = field(default=32 * 1024**3, metadata={"kind": "size", "min": 0})
+    #: CIDR ranges of otherwise refused (loopback, private, link-local, ...) addresses downloads may reach
+    allow_addresses: tuple[str, ...] = ()
+    expand_playlists: bool = False  # a playlist URL queues its entries as rows (else it fails at once)
     ytdlp: dict[str, Any] = field(default_factory=dict)  # extra YoutubeDL params, passed through
     identities: tuple[Identity, ...] = ()  # egress identities with budgets; none = one implicit identity
 
@@ -313,6 +320,16 @@ def _validate(cfg: Config, loader: _Loader) -> None:
             parse_listen(cfg.metrics.listen)
         except ValueError as exc:
             raise loader.error("metrics.listen", str(exc)) from None
+    for i, cidr in enumerate(cfg.download.allow_addresses):
+        try:
+            ipaddress.ip_network(cidr, strict=False)
+        except ValueError:
+            raise loader.error(f"download.allow_addresses[{i}]",
+                               f"expected an address or CIDR range such as 192.168.1.0/24, got {cidr!r}") from None
+    if "max_filesize" in cfg.download.ytdlp:
+        # yt-dlp's option checks only a declared length, and its refusal looks like success
+        raise loader.error("download.ytdlp.max_filesize", "use download.max_filesize, which counts the bytes "
+                           "actually received")
     if cfg.scan.id_pattern:
         try:
             rx = re.compile(cfg.scan.id_pattern)
@@ -345,6 +362,9 @@ def _validate_identities(identities: tuple[Identity, ...], loader: _Loader) -> N
                                    f"expected a local IP address, got {ident.source_address!r}") from None
         if "source_address" in ident.ytdlp:
             raise loader.error(f"{path}.ytdlp.source_address", f"set {path}.source_address instead")
+        if "max_filesize" in ident.ytdlp:
+            raise loader.error(f"{path}.ytdlp.max_filesize", "use download.max_filesize, which counts the bytes "
+                               "actually received")
 
 
 def parse_listen(text: str) -> tuple[str, int]:

@@ -390,3 +390,29 @@ def test_version(program: str) -> None:
     r = run(str(BIN / program), "--version")
     assert r.returncode == 0, r.stderr
     assert r.stdout.strip() == f"{program} {__version__}"
+
+
+# -- hostile input (issue 13) ----------------------------------------------------------------------
+
+def test_download_limits_have_safe_defaults() -> None:
+    d = config.DownloadConfig()
+    assert d.allow_addresses == () and d.expand_playlists is False
+    assert d.max_filesize == 32 * 1024**3
+
+
+def test_allow_addresses_and_max_filesize_are_read(tmp_path: Path) -> None:
+    cfg = config.load(write(tmp_path, {"download": {"allow_addresses": ["192.168.1.0/24", "fd00::1"],
+                                                    "max_filesize": "2GiB", "expand_playlists": True}}))
+    assert cfg.download.allow_addresses == ("192.168.1.0/24", "fd00::1")
+    assert cfg.download.max_filesize == 2 * 1024**3 and cfg.download.expand_playlists
+
+
+def test_allow_addresses_must_be_cidr_ranges(tmp_path: Path) -> None:
+    message, path = load_error(tmp_path, {"download": {"allow_addresses": ["10.0.0.0/8", "nas.local"]}})
+    assert message.startswith(f"{path}: download.allow_addresses[1]: expected an address or CIDR range")
+
+
+def test_ytdlp_max_filesize_is_refused_for_ours(tmp_path: Path) -> None:
+    """yt-dlp's max_filesize checks only a declared length and looks like success when it refuses."""
+    message, _ = load_error(tmp_path, {"download": {"ytdlp": {"max_filesize": 1000}}})
+    assert "download.ytdlp.max_filesize: use download.max_filesize" in message

@@ -21,6 +21,7 @@ from helpers import wait_until
 from pg import fresh_database
 from videofetchd.queue import models
 from videofetchd.errors import DatabaseUnavailable
+from videofetchd.queue.jobs import validate_video_id
 from videofetchd.queue.store import Store, open_store
 
 OWNER = "test-node:1"
@@ -116,6 +117,26 @@ def test_status_is_checked_by_the_database(store: Store, db_url: str) -> None:
     with pytest.raises(Exception):
         raw_execute(db_url, "INSERT INTO videos (video_id, status) VALUES ('bad', 'bogus')")
     assert store.read("SELECT count(*) FROM videos")[0][0] == 0
+
+
+@pytest.mark.parametrize("bad", ["\x1b[2Jowned", "has space", "a/b", "", ".hidden", "x" * 201, "ünï", "a=b",
+                                 "new\nline"])
+def test_video_ids_are_checked_by_the_database(store: Store, db_url: str, bad: str) -> None:
+    """What jobs.validate_video_id refuses, the database refuses too (schema 3), for any writer."""
+    quoted = bad.replace("'", "''")
+    with pytest.raises(Exception, match="invalid video_id|videos_video_id_valid"):
+        raw_execute(db_url, f"INSERT INTO videos (video_id, url) VALUES ('{quoted}', 'https://example.org/')")
+    store.add([("fine-id", None)])
+    with pytest.raises(Exception, match="invalid video_id|videos_video_id_valid"):
+        raw_execute(db_url, f"UPDATE videos SET video_id = '{quoted}' WHERE video_id = 'fine-id'")
+
+
+def test_every_id_the_validator_accepts_is_stored(store: Store, db_url: str) -> None:
+    good = ["-8LkfJYfx2Q", "dQw4w9WgXcQ", "a.b:c@d~e+f_g-h", "9", "x" * 200, "url-0123456789abcdef"]
+    for vid in good:
+        assert validate_video_id(vid) == vid
+        raw_execute(db_url, f"INSERT INTO videos (video_id) VALUES ('{vid}')")
+    assert store.counts()["queued"] == len(good)
 
 
 # -- feeding the queue --------------------------------------------------------------------------
@@ -488,3 +509,23 @@ def test_site_backoff_strikes_double_then_clear(store: Store) -> None:
     store.clear_site("example.org")  # success after the pause: the strike count starts over
     assert store.read("SELECT count(*) FROM site_backoff")[0][0] == 0
     assert store.pause_site("example.org", 0.3, "429") == pytest.approx(0.3)
+
+
+def test_expand_playlist_queues_the_entries_and_marks_the_row_done(store: Store) -> None:
+    store.add([("list1", "https://example.org/list"), ("known1", None)])
+    c = claim_one(store)
+    entries = [("known1", "https://example.org/k"), ("e1", "https://example.org/1"), ("e2", "https://example.org/2")]
+    assert store.expand_playlist(c.row_id, c.claim_token, entries, extractor="Generic") == (True, 2)
+    r = row(store, "list1")
+    assert (r["status"], r["found_by"], r["file_path"], r["extractor"], r["lease_owner"]) == \
+        ("done", "playlist", None, "Generic", None)
+    assert row(store, "e1")["status"] == "queued" and row(store, "e2")["url"] == "https://example.org/2"
+    assert row(store, "known1")["url"] is None  # a known row is left as it is
+
+
+def test_expand_playlist_with_a_lost_lease_queues_nothing(store: Store) -> None:
+    store.add([("list2", "https://example.org/list")])
+    c = claim_one(store)
+    assert store.expand_playlist(c.row_id, "stolen-token", [("e9", "https://example.org/9")], extractor=None) \
+        == (False, 0)
+    assert store.counts()["queued"] == 0 and row(store, "list2")["status"] == "running"
