@@ -196,13 +196,15 @@ class Downloader:
         if not info:
             return _failure(_reason(None, self.logger.errors) or "yt-dlp returned no result")
         self._learn_extractor(shape, info)
-        for _ in range(MAX_URL_HOPS):  # a redirect or an embed handing over: extract that one, still unprocessed
-            if info.get("_type") != "url":
-                break
+        hops = 0
+        while info.get("_type") == "url":  # a redirect or an embed handing over: extract that one, unprocessed
+            if hops == MAX_URL_HOPS:
+                return Outcome(False, error=f"more than {MAX_URL_HOPS} extractors handed the URL on",
+                               kind=ErrorKind.PERMANENT)
             info = ydl.extract_info(info["url"], download=False, process=False, ie_key=info.get("ie_key"))
-        else:
-            return Outcome(False, error=f"more than {MAX_URL_HOPS} extractors handed the URL on",
-                           kind=ErrorKind.PERMANENT)
+            hops += 1
+            if not info:
+                return _failure(_reason(None, self.logger.errors) or "yt-dlp returned no result")
         processed = False
         if info.get("_type") == "url_transparent":  # yt-dlp merges those itself; a playlist stays flat
             info, processed = ydl.process_ie_result(info, download=False), True
