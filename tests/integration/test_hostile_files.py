@@ -109,14 +109,12 @@ def test_file_names_with_escapes_and_newlines_are_printed_escaped(tmp_path: Path
 # -- rows written straight into the database --------------------------------------------------------
 
 def test_a_hostile_video_id_with_a_url_is_refused_at_its_claim(tmp_path: Path, media: MediaServer) -> None:
+    """A queue writer inserts an ID full of escape sequences next to a URL (SQLite lets it: see
+    models.schema_v3); the claim refuses it, and list shows it escaped."""
     cfg = vfd.write_config(tmp_path, url_template=media.url_template)
     assert vfd.ctl(cfg, "add", "fine00001").returncode == 0
     con = sqlite3.connect(tmp_path / "queue.db")
-    with pytest.raises(sqlite3.IntegrityError, match="invalid video_id"):  # the database refuses it ...
-        with con:
-            con.execute("INSERT INTO videos (video_id, url) VALUES (?, ?)", ("\x1b[2J\x1b]0;x\x07", media.url("b")))
-    with con:  # ... so play a row written before schema 3, or by a writer that dropped the trigger
-        con.execute("DROP TRIGGER videos_video_id_insert")
+    with con:
         con.execute("INSERT INTO videos (video_id, url) VALUES (?, ?)", ("\x1b[2Jowned", media.url("bad")))
     con.close()
     r = vfd.ctl(cfg, "fetch", timeout=120)
