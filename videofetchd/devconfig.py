@@ -16,6 +16,8 @@ database:
 download:
   directory: {root}/videos
   workers: 2
+  # downloads never reach loopback or your LAN unless listed here, e.g. ["192.168.1.20/32"]
+  allow_addresses: []
 scan:
   directories: []
 control:
