@@ -19,7 +19,7 @@ import pytest
 
 from helpers import wait_until
 from pg import fresh_database
-from videofetchd.queue import models
+from videofetchd.queue import models, playlists
 from videofetchd.errors import DatabaseUnavailable
 from videofetchd.queue.jobs import validate_video_id
 from videofetchd.queue.store import Store, open_store
@@ -521,7 +521,7 @@ def test_expand_playlist_queues_the_entries_and_marks_the_row_done(store: Store)
     store.add([("list1", "https://example.org/list"), ("known1", None)])
     c = claim_one(store)
     entries = [("known1", "https://example.org/k"), ("e1", "https://example.org/1"), ("e2", "https://example.org/2")]
-    assert store.expand_playlist(c.row_id, c.claim_token, entries, extractor="Generic") == (True, 2)
+    assert playlists.expand(store, c.row_id, c.claim_token, entries, extractor="Generic") == (True, 2)
     r = row(store, "list1")
     assert (r["status"], r["found_by"], r["file_path"], r["extractor"], r["lease_owner"]) == \
         ("done", "playlist", None, "Generic", None)
@@ -532,6 +532,6 @@ def test_expand_playlist_queues_the_entries_and_marks_the_row_done(store: Store)
 def test_expand_playlist_with_a_lost_lease_queues_nothing(store: Store) -> None:
     store.add([("list2", "https://example.org/list")])
     c = claim_one(store)
-    assert store.expand_playlist(c.row_id, "stolen-token", [("e9", "https://example.org/9")], extractor=None) \
-        == (False, 0)
+    assert playlists.expand(store, c.row_id, "stolen-token", [("e9", "https://example.org/9")],
+                            extractor=None) == (False, 0)
     assert store.counts()["queued"] == 0 and row(store, "list2")["status"] == "running"

@@ -281,31 +281,6 @@ class Store:
         return bool(rows) and rows[0][0] == "done" and rows[0][1] == file_path
 
     @db_errors
-    def expand_playlist(self, row_id: int, token: str, entries: Sequence[tuple[str, str]], *,
-                        extractor: str | None) -> tuple[bool, int]:
-        """A claimed playlist row becomes done (``found_by = 'playlist'``, no file) and its
-        entries, (video_id, url) pairs, become queued rows, known IDs left as they are: one
-        transaction, so a lost lease queues nothing. Returns (lease kept, rows added)."""
-        lock = {"lock_type": "IMMEDIATE"} if self.backend == "sqlite" else {}
-        with self.db.atomic(**lock):
-            cur = self.db.execute_sql(self._sql(
-                "UPDATE videos SET status = 'done', found_by = 'playlist', file_path = NULL, file_size = NULL, "
-                "extractor = ?, last_error = NULL, error_kind = NULL, lease_owner = NULL, claim_token = NULL, "
-                f"lease_expires = NULL, finished_at = {self.now}, updated_at = {self.now} "
-                "WHERE id = ? AND claim_token = ? AND status = 'running'"), [extractor, row_id, token])
-            if cur.rowcount != 1:
-                return False, 0
-            added = 0
-            for start in range(0, len(entries), _ADD_BATCH):
-                batch = entries[start:start + _ADD_BATCH]
-                marks = ", ".join("(?, ?)" for _ in batch)
-                cur = self.db.execute_sql(self._sql(
-                    f"INSERT INTO videos (video_id, url) VALUES {marks} ON CONFLICT (video_id) DO NOTHING"),
-                    [v for pair in batch for v in pair])
-                added += max(cur.rowcount, 0)
-        return True, added
-
-    @db_errors
     def fail(self, row_id: int, token: str, *, error: str, kind: str) -> bool:
         """Fail a claimed row for good."""
         return self._settle(row_id, token,

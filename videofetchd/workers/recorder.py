@@ -27,6 +27,7 @@ from typing import Any
 from ..config import DownloadConfig
 from ..errors import DatabaseRefused
 from ..queue.jobs import ErrorKind, Job, Outcome, backoff_delay, site_of
+from ..queue import playlists
 from ..queue.store import Claimed, Store
 from .egress import Egress
 from ..text import printable
@@ -126,7 +127,7 @@ class Recorder:
             o = dataclasses.replace(o, error=printable(o.error))
         final = False
         if o.ok and o.entries:
-            kept, added = await self.db(st.expand_playlist, job.row_id, token, o.entries, extractor=o.extractor)
+            kept, added = await self.db(playlists.expand, st, job.row_id, token, o.entries, extractor=o.extractor)
             self.counters.completed += kept
             if kept:
                 log.info("job %s: a playlist of %d entries, queued as rows (%d new)", job.video_id,
