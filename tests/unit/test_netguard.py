@@ -93,3 +93,16 @@ def test_a_program_that_would_fetch_a_url_itself_is_not_started() -> None:
     netguard.take_refusals()
     with enforcing(policy_for(["0.0.0.0/0", "::/0"])):  # everything allowed: nothing to refuse
         assert subprocess.run(["true", "http://10.0.0.1/"], check=False).returncode == 0
+
+
+def test_an_external_downloader_the_user_chose_is_started_after_a_check_of_its_url() -> None:
+    policy = policy_for(["127.0.0.0/8"], programs=["curl", "native"])
+    assert policy.programs == frozenset({"curl"})
+    with enforcing(policy):
+        # its URL's host is allowed: started (it makes its own connections from there on)
+        assert subprocess.run(["curl", "--version", "http://127.0.0.1:9/x"], capture_output=True).returncode == 0
+        with pytest.raises(ProgramRefused, match="refused to connect to 10.0.0.1 port 80: private address"):
+            subprocess.run(["curl", "http://10.0.0.1/x"], check=False)
+        with pytest.raises(ProgramRefused, match="refused to start ffmpeg"):  # not the one configured
+            subprocess.run(["ffmpeg", "-i", "http://127.0.0.1:9/x"], check=False)
+    netguard.take_refusals()

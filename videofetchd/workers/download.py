@@ -98,7 +98,10 @@ class Downloader:
             "extract_flat": "in_playlist",
             "enable_file_urls": False,  # an extractor's file:// format URL would copy a local file
         })
-        self.policy = policy = netguard.policy_for(cfg.allow_addresses, params.get("proxy"))
+        chosen = params.get("external_downloader")  # the user's own choice: str or {protocol: name}
+        programs = [chosen] if isinstance(chosen, str) else list(chosen.values()) if isinstance(chosen, dict) else []
+        self.policy = policy = netguard.policy_for(cfg.allow_addresses, params.get("proxy"),
+                                                   [p for p in programs if isinstance(p, str)])
         if not policy.open and "external_downloader" not in params:
             # yt-dlp's own HLS/DASH downloaders run in this process, where every connection is checked
             params["external_downloader"] = {"default": "native"}

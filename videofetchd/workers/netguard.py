@@ -9,10 +9,12 @@ second name lookup for a DNS-rebinding answer to slip into, and no yt-dlp intern
 
 Through a proxy the check sees the connection to the proxy (allowed when it is the configured
 one); the proxy makes the onward connection and must do its own filtering. Separate programs
-(ffmpeg as a downloader, rtmpdump, external downloaders) make connections this process cannot
-see: while the filter is on, starting one with a network URL on its command line is refused
-(``Downloader`` also asks yt-dlp for its in-process downloaders, so that is rare). Under systemd,
-the unit's ``IPAddressDeny=`` lists the same ranges for every process of the service.
+(ffmpeg as a downloader, rtmpdump) make connections this process cannot see: while the filter
+is on, starting one with a network URL on its command line is refused (``Downloader`` also asks
+yt-dlp for its in-process downloaders, so that is rare). An external downloader the user
+configured (``download.ytdlp.external_downloader``) is started once its URL's host, resolved
+now, passes; its own connections (redirects included) are its business. Under systemd, the
+unit's ``IPAddressDeny=`` lists the same ranges for every process of the service.
 
 Runs in worker children only (the daemon's own database connections are not downloads). No
 yt-dlp here, and nothing that could itself make a connection.
@@ -85,6 +87,8 @@ class Policy:
     allowed: tuple[Network, ...] = ()
     #: (address, port) of the configured proxies: the connection to a proxy is the one we can see
     proxies: frozenset[tuple[str, int]] = field(default_factory=frozenset)
+    #: program names of the external downloaders the user configured: started after a URL check
+    programs: frozenset[str] = field(default_factory=frozenset)
 
     @property
     def open(self) -> bool:
@@ -114,6 +118,20 @@ class Policy:
                         "download.allow_addresses")
         return None
 
+    def url_refusal(self, url: str) -> str | None:
+        """Why a program may not be started to fetch ``url``: its host, resolved now, is refused."""
+        parts = urllib.parse.urlsplit(url)
+        try:
+            port = parts.port or (443 if parts.scheme.endswith("s") else 80)
+            infos = socket.getaddrinfo(parts.hostname or "", port, 0, socket.SOCK_STREAM) if parts.hostname else []
+        except (OSError, ValueError):
+            return None  # the program cannot resolve it either, and says so itself
+        for *_, sa in infos:
+            reason = self.refusal(str(sa[0]).split("%")[0], port)
+            if reason is not None:
+                return reason
+        return None
+
 
 def _kind(addr: Address) -> str | None:
     for net, what in _DENIED:
@@ -122,9 +140,10 @@ def _kind(addr: Address) -> str | None:
     return None
 
 
-def policy_for(allow: Iterable[str], proxy: str | None = None) -> Policy:
+def policy_for(allow: Iterable[str], proxy: str | None = None, programs: Iterable[str] = ()) -> Policy:
     """The policy of one config generation: ``download.allow_addresses`` plus the proxies yt-dlp
-    will use (``proxy``, else the environment's ``*_proxy``), resolved now, in the child."""
+    will use (``proxy``, else the environment's ``*_proxy``), resolved now, in the child, and the
+    external downloaders the user configured (``programs``: names or paths)."""
     allowed = tuple(ipaddress.ip_network(cidr, strict=False) for cidr in allow)
     urls = [proxy] if proxy else list(urllib.request.getproxies().values())
     endpoints: set[tuple[str, int]] = set()
@@ -136,7 +155,10 @@ def policy_for(allow: Iterable[str], proxy: str | None = None) -> Policy:
         except (OSError, ValueError):
             continue  # yt-dlp will fail to reach it too, with its own message
         endpoints.update((str(ipaddress.ip_address(str(sa[0]).split("%")[0])), port) for *_, sa in infos)
-    return Policy(allowed=allowed, proxies=frozenset(endpoints))
+    names = {p.rsplit("/", 1)[-1] for p in programs if p and p.lower() != "native"}
+    if "httpie" in names:
+        names.add("http")  # yt-dlp's name for it, and the program's
+    return Policy(allowed=allowed, proxies=frozenset(endpoints), programs=frozenset(names))
 
 
 _policy: Policy | None = None  #: the policy in force: set only while a job runs
@@ -195,8 +217,15 @@ def _hook(event: str, args: tuple[Any, ...]) -> None:
         for word in words:
             text = word.decode(errors="replace") if isinstance(word, bytes) else str(word)
             if _URL_ARG.match(text):
-                program = str(args[0] or words[0]).rsplit("/", 1)[-1]
-                reason = (f"refused to start {program} to fetch {text[:200]}: a separate program's connections "
-                          "cannot be checked against download.allow_addresses")
+                first = args[0] or words[0]
+                first = first.decode(errors="replace") if isinstance(first, bytes) else str(first)
+                program = first.rsplit("/", 1)[-1]
+                if program in _policy.programs:  # configured by the user: its first address at least
+                    reason = _policy.url_refusal(text)
+                    if reason is None:
+                        continue
+                else:
+                    reason = (f"refused to start {program} to fetch {text[:200]}: a separate program's "
+                              "connections cannot be checked against download.allow_addresses")
                 _refuse(reason)
                 raise ProgramRefused(reason)
