@@ -13,7 +13,7 @@ from . import __version__
 from . import config as config_mod
 from .errors import EXIT_FAILURE, EXIT_OK, VideofetchdError
 from .logs import setup_logging
-from .text import printable
+from .text import printable, printable_block
 
 log = logging.getLogger("videofetchd")
 
@@ -60,7 +60,7 @@ def check(path: str | None, *, as_json: bool) -> int:
     """``videofetchd --check``: exit 0 when no check is an error, 1 otherwise."""
     from .control import doctor
     checks = doctor.run_checks(doctor.context(path))
-    print(doctor.to_json(checks) if as_json else doctor.format_checks(checks))
+    print(doctor.to_json(checks) if as_json else printable_block(doctor.format_checks(checks)))
     return EXIT_FAILURE if doctor.failed(checks) else EXIT_OK
 
 
