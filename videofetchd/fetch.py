@@ -26,7 +26,7 @@ from typing import Any, TextIO
 
 from . import config as config_mod
 from .config import Config
-from .control.display import LiveBlock, format_workers, human_bytes, human_duration, printable, terminal_size
+from .control.display import LiveBlock, format_workers, human_bytes, human_duration, terminal_size
 from .control.server import ConfigInfo, snapshot
 from .queue.store import open_store
 from .errors import HostFault

@@ -16,7 +16,7 @@ from typing import Any
 import pytest
 import yaml
 
-from videofetchd import config
+from videofetchd import config, configload
 from videofetchd.errors import EXIT_CONFIG, ConfigError
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -119,26 +119,26 @@ def test_missing_file(tmp_path: Path) -> None:
     (90, 90.0), (1.5, 1.5), ("90", 90.0), ("90s", 90.0), ("2m", 120.0), ("6h", 21600.0), ("1d", 86400.0),
     ("500ms", 0.5), ("1h30m", 5400.0), ("2.5s", 2.5), (" 2M ", 120.0), ("1m 30s", 90.0)])
 def test_parse_duration(text: Any, seconds: float) -> None:
-    assert config.parse_duration(text) == pytest.approx(seconds)
+    assert configload.parse_duration(text) == pytest.approx(seconds)
 
 
 @pytest.mark.parametrize("text", ["ten", "5x", "s", "", "-5s", "5s!", True, "1w"])
 def test_parse_duration_refuses(text: Any) -> None:
     with pytest.raises(ValueError, match="duration"):
-        config.parse_duration(text)
+        configload.parse_duration(text)
 
 
 @pytest.mark.parametrize("text, size", [
     (1024, 1024), ("1024", 1024), ("512MiB", 512 * 1024**2), ("2GiB", 2 * 1024**3), ("1kb", 1000),
     ("1KiB", 1024), ("1.5MiB", int(1.5 * 1024**2)), ("3 MB", 3_000_000)])
 def test_parse_size(text: Any, size: int) -> None:
-    assert config.parse_size(text) == size
+    assert configload.parse_size(text) == size
 
 
 @pytest.mark.parametrize("text", ["lots", "5 parsecs", "MiB", False, "-1MiB"])
 def test_parse_size_refuses(text: Any) -> None:
     with pytest.raises(ValueError, match="size"):
-        config.parse_size(text)
+        configload.parse_size(text)
 
 
 def test_units_in_a_file(tmp_path: Path) -> None:

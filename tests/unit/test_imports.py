@@ -35,7 +35,7 @@ MAX_TOP_MODULES = 12
 #: a module may import only modules of its own layer or a lower one (and within layer 2,
 #: workers and library never import each other)
 LAYERS = {"queue": 1, "workers": 2, "library": 2, "control": 3}
-SHARED = {"config", "errors", "logs", "text"}  # layer 0
+SHARED = {"config", "configload", "errors", "logs", "text"}  # layer 0
 
 
 def _path(module: str) -> Path:

@@ -51,8 +51,13 @@ def store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Store]:
     s.close()
 
 
+ROW_FIELDS = ("video_id", "status", "attempts", "last_error", "file_path", "file_size", "url", "error_kind",
+              "found_by", "extractor", "lease_owner", "finished_at")
+
+
 def rows(store: Store) -> dict[str, dict[str, Any]]:
-    return {r["video_id"]: r for r in store.list_rows()}
+    found = store.read(f"SELECT {', '.join(ROW_FIELDS)} FROM videos ORDER BY id")
+    return {r[0]: dict(zip(ROW_FIELDS, r)) for r in found}
 
 
 def set_rows(store: Store, status: str, items: dict[str, str | None]) -> None:

@@ -396,18 +396,13 @@ def test_retry_failed(store: Store) -> None:
     assert [c.video_id for c in store.claim(OWNER, 5, LEASE)] == ["a", "b"]
 
 
-def test_counts_and_list_rows(store: Store) -> None:
+def test_counts_after_a_failure(store: Store) -> None:
+    """(Listing rows is queue/rows.py's, tested in tests/integration/test_listing.py.)"""
     store.add([("a", None), ("b", "https://example.org/b"), ("c", None)])
     c = claim_one(store)
     store.fail(c.row_id, c.claim_token, error="HTTP Error 404", kind="permanent")
     assert store.counts() == {"queued": 2, "running": 0, "done": 0, "failed": 1, "missing": 0}
-    rows = store.list_rows()
-    assert [r["video_id"] for r in rows] == ["a", "b", "c"]
-    assert {"video_id", "status", "attempts", "last_error", "file_path"} <= set(rows[0])
-    failed = store.list_rows(status="failed")
-    assert [(r["video_id"], r["last_error"]) for r in failed] == [("a", "HTTP Error 404")]
-    assert [r["video_id"] for r in store.list_rows(limit=1)] == ["a"]
-    assert [r["video_id"] for r in store.list_rows(video_ids=["c", "b"])] == ["b", "c"]
+    assert row(store, "a")["last_error"] == "HTTP Error 404"
 
 
 def true_counts(store: Store) -> dict[str, int]:

@@ -27,8 +27,6 @@ from .jobs import throttle_delay
 
 T = TypeVar("T")
 _ADD_BATCH = 500
-LIST_FIELDS = ("video_id", "status", "attempts", "last_error", "file_path", "file_size", "url",
-               "error_kind", "found_by", "lease_owner", "run_after", "updated_at", "finished_at", "identity")
 
 
 @dataclass(frozen=True)
@@ -380,25 +378,6 @@ class Store:
         for status, n in self.read("SELECT status, sum(n) FROM videos_counts GROUP BY status"):
             result[status] = int(n)
         return result
-
-    @db_errors
-    def list_rows(self, status: str | None = None, limit: int | None = None,
-                  video_ids: Sequence[str] | None = None) -> list[dict[str, Any]]:
-        sql = f"SELECT {', '.join(LIST_FIELDS)} FROM videos"
-        params: list[Any] = []
-        clauses = []
-        if status:
-            clauses.append("status = ?")
-            params.append(status)
-        if video_ids:
-            clauses.append(f"video_id IN ({', '.join('?' for _ in video_ids)})")
-            params.extend(video_ids)
-        if clauses:
-            sql += " WHERE " + " AND ".join(clauses)
-        sql += " ORDER BY id"
-        if limit:
-            sql += f" LIMIT {int(limit)}"
-        return [dict(zip(LIST_FIELDS, row)) for row in self.read(sql, params)]
 
     @db_errors
     def retry_failed(self, video_ids: Sequence[str] | None = None) -> int:
