@@ -332,7 +332,9 @@ def write_config(path: str, *, db: str, directory: str, url_template: str, socke
                  extra_database: dict[str, Any] | None = None, level: str = "warning") -> str:
     import yaml
     download: dict[str, Any] = {"directory": directory, "url_template": url_template,
-                                "output_template": "%(id)s.%(ext)s", "workers": workers}
+                                "output_template": "%(id)s.%(ext)s", "workers": workers,
+                                # the local media server is on loopback, refused by default
+                                "allow_addresses": ["127.0.0.0/8", "::1/128"]}
     download.update(extra_download or {})
     database: dict[str, Any] = {"url": f"sqlite:///{os.path.abspath(db)}"}
     database.update(extra_database or {})

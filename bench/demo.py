@@ -30,6 +30,7 @@ download:
   stall_timeout: 4s
   kill_grace: 1s
   retry_backoff: 1s
+  allow_addresses: ["127.0.0.0/8", "::1/128"]  # the demo's media server is on loopback
 control: {{socket: {dir}/control.sock}}
 """
 

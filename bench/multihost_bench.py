@@ -262,7 +262,9 @@ def write_config(home: Path, db_url: str, url_template: str, *, poll: str = "30s
     data = {
         "database": {"url": db_url, "poll_interval": poll, "lease_duration": "30s", "node_name": node},
         "download": {"directory": str(home / "videos"), "url_template": url_template, "workers": workers,
-                     "retry_backoff": "1s", "stall_timeout": "60s"},
+                     "retry_backoff": "1s", "stall_timeout": "60s",
+                     # the media server is on loopback or on the namespaces' private network
+                     "allow_addresses": ["127.0.0.0/8", "::1/128", f"{NET}.0.0/16"]},
         "control": {"socket": str(home / "control.sock")},
         "logging": {"level": "warning"},
     }

@@ -27,6 +27,8 @@ import yaml
 from helpers import wait_until
 
 PY = sys.executable
+#: the local test servers are on loopback, which downloads may not reach by default
+LOCAL = ["127.0.0.0/8", "::1/128"]
 
 
 def write_config(tmp: Path, *, url_template: str, db_url: str | None = None, **sections: Any) -> Path:
@@ -34,7 +36,7 @@ def write_config(tmp: Path, *, url_template: str, db_url: str | None = None, **s
     data: dict[str, Any] = {
         "database": {"url": db_url or f"sqlite:///{tmp}/queue.db", "poll_interval": "0.5s"},
         "download": {"directory": str(tmp / "videos"), "url_template": url_template, "workers": 2,
-                     "retry_backoff": "0.2s", "stall_timeout": "30s", "kill_grace": "1s"},
+                     "retry_backoff": "0.2s", "stall_timeout": "30s", "kill_grace": "1s", "allow_addresses": LOCAL},
         "control": {"socket": str(tmp / "control.sock")},
         "logging": {"level": "info"},
     }

@@ -6,12 +6,14 @@ import argparse
 import asyncio
 import faulthandler
 import logging
+import os
 import sys
 
 from . import __version__
 from . import config as config_mod
 from .errors import EXIT_FAILURE, EXIT_OK, VideofetchdError
 from .logs import setup_logging
+from .text import printable, printable_block
 
 log = logging.getLogger("videofetchd")
 
@@ -41,13 +43,16 @@ def main(argv: list[str] | None = None) -> int:
             print(f"{cfg.path}: configuration is valid")
             return EXIT_OK
         setup_logging(cfg.logging.level, verbose=args.verbose)
+        # before the forkserver starts, whose children write the videos: the queue, the videos and
+        # the socket directory are never world-readable, with or without the unit's UMask=
+        os.umask(config_mod.PRIVATE_UMASK)
         from .workers.slots import start_forkserver
         start_forkserver()  # its yt-dlp preload overlaps our imports and the database opening
         from .daemon import Daemon  # imported late: --check-config must not need the database driver
         return asyncio.run(Daemon(cfg).run())
     except VideofetchdError as exc:
         log.debug("details", exc_info=exc)
-        print(f"videofetchd: {exc}", file=sys.stderr)
+        print(f"videofetchd: {printable(exc)}", file=sys.stderr)
         return exc.exit_code
 
 
@@ -55,7 +60,7 @@ def check(path: str | None, *, as_json: bool) -> int:
     """``videofetchd --check``: exit 0 when no check is an error, 1 otherwise."""
     from .control import doctor
     checks = doctor.run_checks(doctor.context(path))
-    print(doctor.to_json(checks) if as_json else doctor.format_checks(checks))
+    print(doctor.to_json(checks) if as_json else printable_block(doctor.format_checks(checks)))
     return EXIT_FAILURE if doctor.failed(checks) else EXIT_OK
 
 

@@ -10,28 +10,25 @@ This module must not import the database, yt-dlp or anything that does I/O beyon
 from __future__ import annotations
 
 import dataclasses
-import difflib
 import ipaddress
-import math
 import os
 import re
 import socket
-import types
 import urllib.parse
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Union, get_args, get_origin, get_type_hints
+from typing import Any
 
 import yaml
 
+from .configload import Loader
 from .errors import ConfigError
 
 DEFAULT_CONFIG_PATH = "/etc/videofetchd/videofetchd.yaml"
 CONFIG_ENV = "VIDEOFETCHD_CONFIG"
+#: the daemon and fetch set it (the unit's UMask= too): what they write is never world-readable
+PRIVATE_UMASK = 0o027
 
-_DURATION_UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
-_SIZE_UNITS = {"": 1, "b": 1, "k": 1000, "kb": 1000, "kib": 1024, "m": 1000**2, "mb": 1000**2,
-               "mib": 1024**2, "g": 1000**3, "gb": 1000**3, "gib": 1024**3}
 _LOG_LEVELS = ("debug", "info", "warning", "error")
 
 
@@ -89,6 +86,11 @@ class DownloadConfig:
     crash_window: float = _duration(60.0, minimum=1.0)
     #: bytes; below this much free space in directory claiming pauses (0: only a full disk pauses)
     min_free_space: int = field(default=1024**3, metadata={"kind": "size", "min": 0})
+    #: bytes one download may write, counted as they arrive (declared length or not); 0 = no limit
+    max_filesize: int = field(default=32 * 1024**3, metadata={"kind": "size", "min": 0})
+    #: CIDR ranges of otherwise refused (loopback, private, link-local, ...) addresses downloads may reach
+    allow_addresses: tuple[str, ...] = ()
+    expand_playlists: bool = False  # a playlist URL queues its entries as rows (else it fails at once)
     ytdlp: dict[str, Any] = field(default_factory=dict)  # extra YoutubeDL params, passed through
     identities: tuple[Identity, ...] = ()  # egress identities with budgets; none = one implicit identity
 
@@ -153,140 +155,7 @@ class Config:
 RESTART_KEYS = ("database.url", "database.node_name", "control.socket", "control.mode", "metrics.listen")
 
 
-def parse_duration(value: Any) -> float:
-    """Seconds from a number or a string such as ``90s``, ``2m``, ``1h30m``, ``500ms``."""
-    if isinstance(value, bool):
-        raise ValueError("expected a duration such as 90s, 2m or 6h")
-    if isinstance(value, (int, float)):
-        return float(value)
-    text = str(value).strip().lower()
-    parts = re.findall(r"(\d+(?:\.\d+)?)\s*(ms|s|m|h|d)", text)
-    if not parts or re.sub(r"(\d+(?:\.\d+)?)\s*(ms|s|m|h|d)", "", text).strip():
-        if re.fullmatch(r"\d+(?:\.\d+)?", text):
-            return float(text)
-        raise ValueError("expected a duration such as 90s, 2m or 6h")
-    return sum(float(n) * _DURATION_UNITS[u] for n, u in parts)
-
-
-def parse_size(value: Any) -> int:
-    """Bytes from a number or a string such as ``512MiB``."""
-    if isinstance(value, bool):
-        raise ValueError("expected a size such as 512MiB")
-    if isinstance(value, int):
-        return value
-    m = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([a-zA-Z]*)\s*", str(value))
-    if not m or m.group(2).lower() not in _SIZE_UNITS:
-        raise ValueError("expected a size such as 512MiB")
-    return int(float(m.group(1)) * _SIZE_UNITS[m.group(2).lower()])
-
-
-class _Loader:
-    def __init__(self, source: str) -> None:
-        self.source = source
-
-    def error(self, path: str, problem: str) -> ConfigError:
-        return ConfigError(f"{self.source}: {path}: {problem}")
-
-    def build(self, cls: type, data: Any, path: str) -> Any:
-        if data is None:
-            data = {}
-        if not isinstance(data, dict):
-            raise self.error(path or "(top level)", f"expected a mapping, got {_show(data)}")
-        hints = get_type_hints(cls)
-        fields = {f.name: f for f in dataclasses.fields(cls) if not f.metadata.get("internal")}
-        for key in data:
-            if key not in fields:
-                near = difflib.get_close_matches(str(key), list(fields), n=1)
-                hint = f" (did you mean '{near[0]}'?)" if near else ""
-                known = ", ".join(fields)
-                raise self.error(_join(path, str(key)), f"unknown key{hint}; known keys: {known}")
-        values = {}
-        for name, f in fields.items():
-            if name in data:
-                values[name] = self.convert(hints[name], f, data[name], _join(path, name))
-        return cls(**values)
-
-    def convert(self, hint: Any, f: dataclasses.Field[Any], value: Any, path: str) -> Any:
-        kind = f.metadata.get("kind")
-        if dataclasses.is_dataclass(hint):
-            return self.build(hint, value, path)  # type: ignore[arg-type]
-        item = (get_args(hint) or (None,))[0]
-        if get_origin(hint) is tuple and dataclasses.is_dataclass(item):
-            if not isinstance(value, list):
-                raise self.error(path, f"expected a list of mappings, got {_show(value)}")
-            return tuple(self.build(item, v, f"{path}[{i}]") for i, v in enumerate(value))  # type: ignore[arg-type]
-        if kind == "mode" and isinstance(value, int) and not isinstance(value, bool):
-            value = format(value, "04o")  # YAML 1.1 read an unquoted 0660 as the octal number 432
-        try:
-            if kind == "duration":
-                result: Any = parse_duration(value)
-            elif kind == "size":
-                result = parse_size(value)
-            else:
-                result = _coerce(hint, value)
-        except ValueError as exc:
-            bound = "" if kind else _bound(f)
-            raise self.error(path, f"{exc}{bound}, got {_show(value)}") from None
-        if isinstance(result, float) and not math.isfinite(result):
-            raise self.error(path, f"expected a finite value, got {_show(value)}")
-        lo, hi = f.metadata.get("min"), f.metadata.get("max")
-        if (lo is not None and result < lo) or (hi is not None and result > hi):
-            what = {"duration": "a duration", "size": "a size"}.get(kind or "") or \
-                {int: "an integer", float: "a number"}.get(hint, "a value")
-            raise self.error(path, f"expected {what}{_bound(f)}, got {_show(value)}")
-        return result
-
-
-def _bound(f: dataclasses.Field[Any]) -> str:
-    lo, hi = f.metadata.get("min"), f.metadata.get("max")
-    if lo is not None and hi is not None:
-        return f" between {lo:g} and {hi:g}"
-    if lo is not None:
-        return f" >= {lo:g}"
-    return ""
-
-
-def _coerce(hint: Any, value: Any) -> Any:
-    origin = get_origin(hint)
-    if origin in (Union, types.UnionType):
-        return _coerce(next(a for a in get_args(hint) if a is not type(None)), value)
-    if hint is bool:
-        if not isinstance(value, bool):
-            raise ValueError("expected true or false")
-        return value
-    if hint is int:
-        if isinstance(value, bool) or not isinstance(value, int):
-            raise ValueError("expected an integer")
-        return value
-    if hint is float:
-        if isinstance(value, bool) or not isinstance(value, (int, float)):
-            raise ValueError("expected a number")
-        return float(value)
-    if hint is str:
-        if not isinstance(value, (str, int)) or isinstance(value, bool):
-            raise ValueError("expected a string")
-        return str(value)
-    if origin is tuple:
-        if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
-            raise ValueError("expected a list of strings")
-        return tuple(value)
-    if origin is dict:
-        if not isinstance(value, dict):
-            raise ValueError("expected a mapping")
-        return dict(value)
-    raise ValueError(f"unsupported type {hint}")  # a bug in a dataclass declaration
-
-
-def _join(path: str, key: str) -> str:
-    return f"{path}.{key}" if path else key
-
-
-def _show(value: Any) -> str:
-    text = repr(value)
-    return text if len(text) <= 60 else text[:57] + "..."
-
-
-def _validate(cfg: Config, loader: _Loader) -> None:
+def _validate(cfg: Config, loader: Loader) -> None:
     """Cross-field and format checks that a type alone cannot express."""
     if cfg.logging.level.lower() not in _LOG_LEVELS:
         raise loader.error("logging.level", f"expected one of {', '.join(_LOG_LEVELS)}, "
@@ -313,6 +182,16 @@ def _validate(cfg: Config, loader: _Loader) -> None:
             parse_listen(cfg.metrics.listen)
         except ValueError as exc:
             raise loader.error("metrics.listen", str(exc)) from None
+    for i, cidr in enumerate(cfg.download.allow_addresses):
+        try:
+            ipaddress.ip_network(cidr, strict=False)
+        except ValueError:
+            raise loader.error(f"download.allow_addresses[{i}]",
+                               f"expected an address or CIDR range such as 192.168.1.0/24, got {cidr!r}") from None
+    if "max_filesize" in cfg.download.ytdlp:
+        # yt-dlp's option checks only a declared length, and its refusal looks like success
+        raise loader.error("download.ytdlp.max_filesize", "use download.max_filesize, which counts the bytes "
+                           "actually received")
     if cfg.scan.id_pattern:
         try:
             rx = re.compile(cfg.scan.id_pattern)
@@ -325,7 +204,7 @@ def _validate(cfg: Config, loader: _Loader) -> None:
 _IDENTITY_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")
 
 
-def _validate_identities(identities: tuple[Identity, ...], loader: _Loader) -> None:
+def _validate_identities(identities: tuple[Identity, ...], loader: Loader) -> None:
     """Names are keys in the database and labels in status: required, plain and unique."""
     seen: set[str] = set()
     for i, ident in enumerate(identities):
@@ -345,6 +224,9 @@ def _validate_identities(identities: tuple[Identity, ...], loader: _Loader) -> N
                                    f"expected a local IP address, got {ident.source_address!r}") from None
         if "source_address" in ident.ytdlp:
             raise loader.error(f"{path}.ytdlp.source_address", f"set {path}.source_address instead")
+        if "max_filesize" in ident.ytdlp:
+            raise loader.error(f"{path}.ytdlp.max_filesize", "use download.max_filesize, which counts the bytes "
+                               "actually received")
 
 
 def parse_listen(text: str) -> tuple[str, int]:
@@ -380,7 +262,7 @@ def parse_database_url(url: str) -> tuple[str, dict[str, Any]]:
 
 
 def from_dict(data: Any, source: str = "<config>") -> Config:
-    loader = _Loader(source)
+    loader = Loader(source)
     cfg: Config = loader.build(Config, data, "")
     cfg = dataclasses.replace(cfg, path=source)
     _validate(cfg, loader)

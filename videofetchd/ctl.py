@@ -25,6 +25,7 @@ from .control.display import Screen, format_status, terminal_size
 from .errors import (EXIT_FAILURE, EXIT_INTERRUPTED, EXIT_OK, EXIT_USAGE, ControlError, InvalidVideoId, NotRunning,
                      VideofetchdError)
 from .control.protocol import ProtocolError, decode_reply, encode
+from .text import printable
 
 log = logging.getLogger("videofetchctl")
 SOCKET_TIMEOUT_S = 10.0
@@ -167,15 +168,15 @@ def _read_inputs(args: argparse.Namespace) -> list[tuple[str, str]]:
 
 def parse_inputs(items: list[tuple[str, str]]) -> tuple[list[tuple[str, str | None]], list[str]]:
     """Split inputs into valid (video_id, url) pairs and error messages naming their source."""
-    from .queue.jobs import id_for_url, is_url, validate_url, validate_video_id
+    from .queue.jobs import is_url, validate_url, validate_video_id
     good: list[tuple[str, str | None]] = []
     bad: list[str] = []
     for where, text in items:
         try:
             if is_url(text):
                 url = validate_url(text)
-                from .workers.download import offline_id
-                good.append((offline_id(url) or id_for_url(url), url))
+                from .workers.download import key_for_url
+                good.append((key_for_url(url), url))
             else:
                 good.append((validate_video_id(text), None))
         except InvalidVideoId as exc:
@@ -186,7 +187,7 @@ def parse_inputs(items: list[tuple[str, str]]) -> tuple[list[tuple[str, str | No
 def cmd_add(args: argparse.Namespace, cfg: config_mod.Config, out: TextIO) -> int:
     good, bad = parse_inputs(_read_inputs(args))
     for msg in bad:
-        print(f"videofetchctl: refused {msg}", file=sys.stderr)
+        print(f"videofetchctl: refused {printable(msg)}", file=sys.stderr)
     if not good and not bad:
         raise InvalidVideoId("nothing to add: give IDs or URLs, or --file F (- for stdin)")
     added = known = 0
@@ -217,6 +218,8 @@ def cmd_retry(args: argparse.Namespace, cfg: config_mod.Config, out: TextIO) -> 
 
 
 def cmd_fetch(args: argparse.Namespace, cfg: config_mod.Config, out: TextIO) -> int:
+    import os
+    os.umask(config_mod.PRIVATE_UMASK)  # before the forkserver, whose children write the videos (see cli.main)
     from .workers.slots import start_forkserver
     start_forkserver()  # first: its yt-dlp preload overlaps the imports below
     import asyncio
@@ -330,10 +333,10 @@ def main(argv: list[str] | None = None, out: TextIO | None = None) -> int:
         return COMMANDS[args.command](args, cfg, out)
     except VideofetchdError as exc:
         log.debug("details", exc_info=exc)
-        print(f"videofetchctl: {exc}", file=sys.stderr)
+        print(f"videofetchctl: {printable(exc)}", file=sys.stderr)
         return exc.exit_code
     except ValueError as exc:
-        print(f"videofetchctl: {exc}", file=sys.stderr)
+        print(f"videofetchctl: {printable(exc)}", file=sys.stderr)
         return EXIT_USAGE
     except KeyboardInterrupt:  # every write is its own transaction: what was recorded stays
         print("videofetchctl: interrupted", file=sys.stderr)

@@ -8,6 +8,8 @@ from __future__ import annotations
 import os
 import sys
 
+from .config import PRIVATE_UMASK
+
 TEMPLATE = """\
 # development config written by `make run`; edit freely, it is not overwritten
 database:
@@ -16,6 +18,8 @@ database:
 download:
   directory: {root}/videos
   workers: 2
+  # downloads never reach loopback or your LAN unless listed here, e.g. ["192.168.1.20/32"]
+  allow_addresses: []
 scan:
   directories: []
 control:
@@ -28,6 +32,7 @@ logging:
 
 def main(argv: list[str]) -> int:
     root = os.path.abspath(argv[0] if argv else ".run")
+    os.umask(PRIVATE_UMASK)  # the folder of the queue, the videos and the socket: not for other users either
     os.makedirs(root, exist_ok=True)
     path = os.path.join(root, "videofetchd.yaml")
     if not os.path.exists(path):

@@ -15,6 +15,7 @@ import functools
 import ast
 import logging
 import multiprocessing.process
+import os
 import signal
 import sys
 from collections.abc import Iterator
@@ -25,10 +26,11 @@ from typing import Any, TextIO
 
 from . import config as config_mod
 from .config import Config
-from .control.display import LiveBlock, format_workers, human_bytes, human_duration, printable, terminal_size
+from .control.display import LiveBlock, format_workers, human_bytes, human_duration, terminal_size
 from .control.server import ConfigInfo, snapshot
 from .queue.store import open_store
 from .errors import HostFault
+from .text import printable
 from .workers.health import WORKERS_CANNOT_START
 from .workers.slots import remove_stale_tempdirs
 from .workers.supervisor import Supervisor
@@ -77,7 +79,20 @@ def _check_workers(num_workers: object) -> int:
 async def run_fetch(cfg: Config, *, num_workers: int | None = None, existing_videos_dir: str | None = None,
                     live: TextIO | None = None, metrics_listen: str | None = None) -> FetchSummary:
     """Scan ``existing_videos_dir`` if given, then download every queued row (serving metrics on
-    ``metrics_listen`` while it runs, if given)."""
+    ``metrics_listen`` while it runs, if given).
+
+    Sets the process umask to 0027 (as the daemon does), so the database and the videos it
+    creates are not world-readable; the caller's umask is restored at the end."""
+    old_umask = os.umask(config_mod.PRIVATE_UMASK)
+    try:
+        return await _run_fetch(cfg, num_workers=num_workers, existing_videos_dir=existing_videos_dir, live=live,
+                                metrics_listen=metrics_listen)
+    finally:
+        os.umask(old_umask)
+
+
+async def _run_fetch(cfg: Config, *, num_workers: int | None, existing_videos_dir: str | None,
+                     live: TextIO | None, metrics_listen: str | None) -> FetchSummary:
     if num_workers is not None:
         _check_workers(num_workers)
         cfg = dataclasses.replace(cfg, download=dataclasses.replace(cfg.download, workers=num_workers))

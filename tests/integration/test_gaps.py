@@ -95,6 +95,9 @@ def test_daemon_scans_directories_at_startup_and_on_reload(tmp_path: Path) -> No
             assert row["file_path"] == str(lib1 / "channel" / f"Title {i} [{vid}].mp4"), row
 
         with running(cfg) as d:
+            # the start-up scan first: a reload while it runs leaves the new list for the next one
+            wait_until(lambda: (st := vfd.status(cfg)["scan"]) and not st["running"] and st.get("last_result"),
+                       timeout=30, message="the start-up scan never finished")
             # a second directory, added by a reload, for an ID queued while claims are paused
             assert vfd.ctl(cfg, "pause").returncode == 0
             second = lib2 / "Other title [def456].mkv"

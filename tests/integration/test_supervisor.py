@@ -221,7 +221,12 @@ def test_idle_child_death_is_noticed_and_costs_no_attempt(tmp_path: Path) -> Non
         cfg = vfd.write_config(tmp_path, url_template=srv.url_template, download={"workers": 2})
         db = tmp_path / "queue.db"
         with running(cfg) as d:
-            st = query(cfg)
+            def all_up() -> dict[str, Any] | None:
+                snap = query(cfg)
+                return snap if all(w["pid"] for w in snap["workers"]) else None
+
+            # the control socket answers before every child has warmed up: wait for both pids
+            st = wait_until(all_up, timeout=30, message="both worker children up")
             victim = st["workers"][0]
             other = st["workers"][1]
             assert victim["state"] == "idle" and victim["pid"]

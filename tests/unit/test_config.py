@@ -16,7 +16,7 @@ from typing import Any
 import pytest
 import yaml
 
-from videofetchd import config
+from videofetchd import config, configload
 from videofetchd.errors import EXIT_CONFIG, ConfigError
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -119,26 +119,26 @@ def test_missing_file(tmp_path: Path) -> None:
     (90, 90.0), (1.5, 1.5), ("90", 90.0), ("90s", 90.0), ("2m", 120.0), ("6h", 21600.0), ("1d", 86400.0),
     ("500ms", 0.5), ("1h30m", 5400.0), ("2.5s", 2.5), (" 2M ", 120.0), ("1m 30s", 90.0)])
 def test_parse_duration(text: Any, seconds: float) -> None:
-    assert config.parse_duration(text) == pytest.approx(seconds)
+    assert configload.parse_duration(text) == pytest.approx(seconds)
 
 
 @pytest.mark.parametrize("text", ["ten", "5x", "s", "", "-5s", "5s!", True, "1w"])
 def test_parse_duration_refuses(text: Any) -> None:
     with pytest.raises(ValueError, match="duration"):
-        config.parse_duration(text)
+        configload.parse_duration(text)
 
 
 @pytest.mark.parametrize("text, size", [
     (1024, 1024), ("1024", 1024), ("512MiB", 512 * 1024**2), ("2GiB", 2 * 1024**3), ("1kb", 1000),
     ("1KiB", 1024), ("1.5MiB", int(1.5 * 1024**2)), ("3 MB", 3_000_000)])
 def test_parse_size(text: Any, size: int) -> None:
-    assert config.parse_size(text) == size
+    assert configload.parse_size(text) == size
 
 
 @pytest.mark.parametrize("text", ["lots", "5 parsecs", "MiB", False, "-1MiB"])
 def test_parse_size_refuses(text: Any) -> None:
     with pytest.raises(ValueError, match="size"):
-        config.parse_size(text)
+        configload.parse_size(text)
 
 
 def test_units_in_a_file(tmp_path: Path) -> None:
@@ -390,3 +390,29 @@ def test_version(program: str) -> None:
     r = run(str(BIN / program), "--version")
     assert r.returncode == 0, r.stderr
     assert r.stdout.strip() == f"{program} {__version__}"
+
+
+# -- hostile input (issue 13) ----------------------------------------------------------------------
+
+def test_download_limits_have_safe_defaults() -> None:
+    d = config.DownloadConfig()
+    assert d.allow_addresses == () and d.expand_playlists is False
+    assert d.max_filesize == 32 * 1024**3
+
+
+def test_allow_addresses_and_max_filesize_are_read(tmp_path: Path) -> None:
+    cfg = config.load(write(tmp_path, {"download": {"allow_addresses": ["192.168.1.0/24", "fd00::1"],
+                                                    "max_filesize": "2GiB", "expand_playlists": True}}))
+    assert cfg.download.allow_addresses == ("192.168.1.0/24", "fd00::1")
+    assert cfg.download.max_filesize == 2 * 1024**3 and cfg.download.expand_playlists
+
+
+def test_allow_addresses_must_be_cidr_ranges(tmp_path: Path) -> None:
+    message, path = load_error(tmp_path, {"download": {"allow_addresses": ["10.0.0.0/8", "nas.local"]}})
+    assert message.startswith(f"{path}: download.allow_addresses[1]: expected an address or CIDR range")
+
+
+def test_ytdlp_max_filesize_is_refused_for_ours(tmp_path: Path) -> None:
+    """yt-dlp's max_filesize checks only a declared length and looks like success when it refuses."""
+    message, _ = load_error(tmp_path, {"download": {"ytdlp": {"max_filesize": 1000}}})
+    assert "download.ytdlp.max_filesize: use download.max_filesize" in message

@@ -14,7 +14,8 @@ from typing import Any
 import pytest
 
 from videofetchd.control.display import (ELLIPSIS, LiveBlock, cell_width, fit, format_status, format_workers,
-                                         human_duration, printable)
+                                         human_duration)
+from videofetchd.text import printable
 
 
 def busy(slot: int, video_id: str, **extra: Any) -> dict[str, Any]:
@@ -85,7 +86,7 @@ def test_control_characters_from_outside_are_escaped() -> None:
                "workers": [busy(0, "x\x1b[2J\u202eevil")]}
     text = format_status(hostile, 200)
     assert "\x1b" not in text and "\x07" not in text and "\r" not in text and "\u202e" not in text
-    assert "bad\\x1b]0;owned\\x07\\x0d\\x0anext" in text and "x\\x1b[2J\\u202eevil" in text
+    assert "bad\\x1b]0;owned\\x07\\r\\nnext" in text and "x\\x1b[2J\\u202eevil" in text
     assert printable("plain text, ünïcode, 日本") == "plain text, ünïcode, 日本"
 
 

@@ -7,6 +7,7 @@ The error messages classified here are produced by running the real yt-dlp (thro
 
 from __future__ import annotations
 
+import os
 import random
 import socket
 from pathlib import Path
@@ -76,10 +77,12 @@ def test_url_for_prefers_the_rows_url() -> None:
     assert url_for("url-0123", own, TEMPLATE) == own
 
 
-@pytest.mark.parametrize("video_id", ["a/b", "../../etc/passwd", "--exec=touch x", ""])
+@pytest.mark.parametrize("video_id", ["a/b", "../../etc/passwd", "--exec=touch x", "", "\x1b[2Jowned"])
 def test_url_for_refuses_bad_ids(video_id: str) -> None:
     with pytest.raises(InvalidVideoId):
         url_for(video_id, None, TEMPLATE)
+    with pytest.raises(InvalidVideoId):  # a row's own URL does not excuse its ID (issue 13)
+        url_for(video_id, "https://example.org/v", TEMPLATE)
 
 
 @pytest.mark.parametrize("url", ["file:///etc/passwd", "ftp://h/x", "http://", "https://h/a b",
@@ -105,6 +108,9 @@ class _Reporter:
     def progress(self, downloaded: float, total: float, speed: float, eta: float) -> None:
         pass
 
+    def files(self, paths: list[str]) -> None:
+        pass
+
 
 @pytest.fixture(scope="module")
 def server() -> Iterator[MediaServer]:
@@ -115,7 +121,9 @@ def server() -> Iterator[MediaServer]:
 @pytest.fixture(scope="module")
 def downloader(tmp_path_factory: pytest.TempPathFactory) -> Downloader:
     directory = tmp_path_factory.mktemp("videos")
-    cfg = DownloadConfig(directory=str(directory), socket_timeout=5.0, ytdlp={"retries": 0})
+    # the local test server is on loopback, which downloads may not reach by default
+    cfg = DownloadConfig(directory=str(directory), socket_timeout=5.0, ytdlp={"retries": 0},
+                         allow_addresses=("127.0.0.0/8", "::1/128"))
     return Downloader(cfg, _Reporter())
 
 
@@ -224,3 +232,21 @@ def test_throttle_delay_doubles_and_caps() -> None:
     assert throttle_delay(1, 900.0) == 900.0
     assert throttle_delay(2, 900.0) == 1800.0
     assert throttle_delay(30, 900.0) == 24 * 3600.0
+
+
+def test_leftovers_of_a_failed_job_are_removed_and_nothing_else(tmp_path: Path) -> None:
+    from videofetchd.workers.recorder import remove_leftovers
+    d = tmp_path / "videos"
+    d.mkdir()
+    leftovers = ["T [id].f137.mp4", "T [id].f137.mp4.part", "T [id].f140.m4a.ytdl", "T [id].f140.m4a.part-Frag3",
+                 "T [id].f140.m4a.part-Frag3.part", "T [id].temp.mp4", "T [id].mp4.part"]
+    kept = ["T [id].mp4", "T [id].en.vtt", "Other [id2].mp4.part", "T [id].f137.mp4.info.json"]
+    for name in leftovers + kept:
+        (d / name).write_bytes(b"x")
+    outside = tmp_path / "elsewhere.mp4.part"
+    outside.write_bytes(b"x")
+    reported = [str(d / n) for n in ("T [id].f137.mp4", "T [id].f137.mp4.part", "T [id].f140.m4a",
+                                     "T [id].f140.m4a.part", "T [id].mp4", "T [id].mp4.part")]
+    removed = remove_leftovers(reported + [str(tmp_path / "elsewhere.mp4")], str(d))
+    assert sorted(os.path.basename(p) for p in removed) == sorted(leftovers)
+    assert sorted(os.listdir(d)) == sorted(kept) and outside.exists()

@@ -51,8 +51,13 @@ def store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Store]:
     s.close()
 
 
+ROW_FIELDS = ("video_id", "status", "attempts", "last_error", "file_path", "file_size", "url", "error_kind",
+              "found_by", "extractor", "lease_owner", "finished_at")
+
+
 def rows(store: Store) -> dict[str, dict[str, Any]]:
-    return {r["video_id"]: r for r in store.list_rows()}
+    found = store.read(f"SELECT {', '.join(ROW_FIELDS)} FROM videos ORDER BY id")
+    return {r[0]: dict(zip(ROW_FIELDS, r)) for r in found}
 
 
 def set_rows(store: Store, status: str, items: dict[str, str | None]) -> None:
@@ -140,17 +145,18 @@ def test_odd_names(tmp_path: Path) -> None:
     assert all(w.isprintable() for w in tally.warnings)
 
 
-def test_symlinked_directories_are_not_followed_and_loops_end(tmp_path: Path) -> None:
+def test_symlinks_are_not_followed_and_loops_end(tmp_path: Path) -> None:
     lib = tmp_path / "lib"
     touch(lib / "sub" / "a [aaa].mp4")
     outside = touch(tmp_path / "elsewhere" / "b [bbb].mp4")
     (lib / "sub" / "loop").symlink_to(lib)
     (lib / "out").symlink_to(outside.parent)
-    (lib / "link [ccc].mp4").symlink_to(outside)  # a symlinked file counts
+    (lib / "link [ccc].mp4").symlink_to(outside)  # a symlinked file is not followed either
     (lib / "dangling [ddd].mp4").symlink_to(tmp_path / "nowhere.mp4")
     found, tally = walk(lib)
-    assert sorted(f[0] for f in found.values()) == ["aaa", "ccc"]
-    assert tally.counts["skipped_errors"] == 1  # the dangling link
+    assert sorted(f[0] for f in found.values()) == ["aaa"]
+    assert tally.counts["skipped_errors"] == 2  # the two file links, each with a warning
+    assert sum("a symlink (not followed)" in w for w in tally.warnings) == 2
 
 
 def test_bind_mount_style_loop_is_detected(tmp_path: Path) -> None:

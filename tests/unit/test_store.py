@@ -19,8 +19,9 @@ import pytest
 
 from helpers import wait_until
 from pg import fresh_database
-from videofetchd.queue import models
+from videofetchd.queue import models, playlists
 from videofetchd.errors import DatabaseUnavailable
+from videofetchd.queue.jobs import validate_video_id
 from videofetchd.queue.store import Store, open_store
 
 OWNER = "test-node:1"
@@ -116,6 +117,32 @@ def test_status_is_checked_by_the_database(store: Store, db_url: str) -> None:
     with pytest.raises(Exception):
         raw_execute(db_url, "INSERT INTO videos (video_id, status) VALUES ('bad', 'bogus')")
     assert store.read("SELECT count(*) FROM videos")[0][0] == 0
+
+
+@pytest.mark.postgres
+@pytest.mark.parametrize("bad", ["\x1b[2Jowned", "has space", "a/b", "", ".hidden", "x" * 201, "ünï", "a=b",
+                                 "new\nline"])
+def test_video_ids_are_checked_by_postgresql(pg_database: str, bad: str) -> None:
+    """What jobs.validate_video_id refuses, PostgreSQL refuses too (schema 3), for any writer.
+    (SQLite cannot add a CHECK to an existing table: there the claim checks, see models.schema_v3.)"""
+    raw_execute(pg_database, "DROP TABLE IF EXISTS videos, site_backoff, videofetchd_schema CASCADE")
+    store = open_store(pg_database)
+    db_url = pg_database
+    quoted = bad.replace("'", "''")
+    with pytest.raises(Exception, match="videos_video_id_valid"):
+        raw_execute(db_url, f"INSERT INTO videos (video_id, url) VALUES ('{quoted}', 'https://example.org/')")
+    store.add([("fine-id", None)])
+    with pytest.raises(Exception, match="videos_video_id_valid"):
+        raw_execute(db_url, f"UPDATE videos SET video_id = '{quoted}' WHERE video_id = 'fine-id'")
+    store.close()
+
+
+def test_every_id_the_validator_accepts_is_stored(store: Store, db_url: str) -> None:
+    good = ["-8LkfJYfx2Q", "dQw4w9WgXcQ", "a.b:c@d~e+f_g-h", "9", "x" * 200, "url-0123456789abcdef"]
+    for vid in good:
+        assert validate_video_id(vid) == vid
+        raw_execute(db_url, f"INSERT INTO videos (video_id) VALUES ('{vid}')")
+    assert store.counts()["queued"] == len(good)
 
 
 # -- feeding the queue --------------------------------------------------------------------------
@@ -369,18 +396,13 @@ def test_retry_failed(store: Store) -> None:
     assert [c.video_id for c in store.claim(OWNER, 5, LEASE)] == ["a", "b"]
 
 
-def test_counts_and_list_rows(store: Store) -> None:
+def test_counts_after_a_failure(store: Store) -> None:
+    """(Listing rows is queue/rows.py's, tested in tests/integration/test_listing.py.)"""
     store.add([("a", None), ("b", "https://example.org/b"), ("c", None)])
     c = claim_one(store)
     store.fail(c.row_id, c.claim_token, error="HTTP Error 404", kind="permanent")
     assert store.counts() == {"queued": 2, "running": 0, "done": 0, "failed": 1, "missing": 0}
-    rows = store.list_rows()
-    assert [r["video_id"] for r in rows] == ["a", "b", "c"]
-    assert {"video_id", "status", "attempts", "last_error", "file_path"} <= set(rows[0])
-    failed = store.list_rows(status="failed")
-    assert [(r["video_id"], r["last_error"]) for r in failed] == [("a", "HTTP Error 404")]
-    assert [r["video_id"] for r in store.list_rows(limit=1)] == ["a"]
-    assert [r["video_id"] for r in store.list_rows(video_ids=["c", "b"])] == ["b", "c"]
+    assert row(store, "a")["last_error"] == "HTTP Error 404"
 
 
 def true_counts(store: Store) -> dict[str, int]:
@@ -488,3 +510,23 @@ def test_site_backoff_strikes_double_then_clear(store: Store) -> None:
     store.clear_site("example.org")  # success after the pause: the strike count starts over
     assert store.read("SELECT count(*) FROM site_backoff")[0][0] == 0
     assert store.pause_site("example.org", 0.3, "429") == pytest.approx(0.3)
+
+
+def test_expand_playlist_queues_the_entries_and_marks_the_row_done(store: Store) -> None:
+    store.add([("list1", "https://example.org/list"), ("known1", None)])
+    c = claim_one(store)
+    entries = [("known1", "https://example.org/k"), ("e1", "https://example.org/1"), ("e2", "https://example.org/2")]
+    assert playlists.expand(store, c.row_id, c.claim_token, entries, extractor="Generic") == (True, 2)
+    r = row(store, "list1")
+    assert (r["status"], r["found_by"], r["file_path"], r["extractor"], r["lease_owner"]) == \
+        ("done", "playlist", None, "Generic", None)
+    assert row(store, "e1")["status"] == "queued" and row(store, "e2")["url"] == "https://example.org/2"
+    assert row(store, "known1")["url"] is None  # a known row is left as it is
+
+
+def test_expand_playlist_with_a_lost_lease_queues_nothing(store: Store) -> None:
+    store.add([("list2", "https://example.org/list")])
+    c = claim_one(store)
+    assert playlists.expand(store, c.row_id, "stolen-token", [("e9", "https://example.org/9")],
+                            extractor=None) == (False, 0)
+    assert store.counts()["queued"] == 0 and row(store, "list2")["status"] == "running"

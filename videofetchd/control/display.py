@@ -12,24 +12,18 @@ the terminal. Standard library only, so the control client stays fast to start.
 from __future__ import annotations
 
 import os
-import re
 import shutil
 import textwrap
 import threading
 import unicodedata
 from typing import Any, TextIO
 
+from ..text import printable
+
 BAR_WIDTH = 20
 #: no progress for this long: a worker shows its stall age instead of its last speed and ETA
 STALE_PROGRESS_S = 5.0
 ELLIPSIS = "\u2026"
-_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f\u200e\u200f\u202a-\u202e\u2066-\u2069]")
-
-
-def printable(text: object) -> str:
-    """``text`` with control characters (C0, C1, DEL, bidi overrides) shown as escapes."""
-    return _CONTROL.sub(lambda m: f"\\x{ord(m.group()):02x}" if ord(m.group()) < 0x100
-                        else f"\\u{ord(m.group()):04x}", str(text))
 
 
 def cell_width(text: str) -> int:

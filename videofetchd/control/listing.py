@@ -24,7 +24,8 @@ from typing import Any, Callable, TextIO
 
 from ..config import Config
 from ..errors import EXIT_OK, VideofetchdError
-from .display import fit, printable, terminal_size
+from ..text import printable
+from .display import fit, terminal_size
 
 #: the manifest's fields, in this order (DESIGN.md)
 EXPORT_FIELDS = ("video_id", "status", "attempts", "error_kind", "last_error", "file_path", "file_size",
@@ -70,8 +71,10 @@ def cmd_list(args: argparse.Namespace, cfg: Config, out: TextIO) -> int:
                   file=sys.stderr)
             break
         where = f"on {lease_owner}" if status == "running" else file_path or last_error or ""
-        line = f"{video_id:<24} {status:<8} attempts {attempts:<2} {where}"
-        out.write((fit(printable(line), width) if tty else line) + "\n")
+        # escaped even when piped: the lines are for people (a pager, a log), and IDs, paths and
+        # errors come from outside; the machine-readable forms are --json and export
+        line = printable(f"{video_id:<24} {status:<8} attempts {attempts:<2} {where}")
+        out.write((fit(line, width) if tty else line) + "\n")
         last = video_id
     return EXIT_OK
 

@@ -162,6 +162,7 @@ def cmd_import_archive(args: argparse.Namespace, cfg: Config, out: TextIO) -> in
 
 def cmd_export_archive(args: argparse.Namespace, cfg: Config, out: TextIO) -> int:
     from .queries import iter_done_for_archive
+    from .walker import is_valid_id
     from ..queue.store import open_store
     fallback = (args.extractor or extractor_for_site(cfg.download.url_template)).lower()
     written = skipped = 0
@@ -179,7 +180,7 @@ def cmd_export_archive(args: argparse.Namespace, cfg: Config, out: TextIO) -> in
             for page in iter_done_for_archive(store):
                 lines = []
                 for vid, extractor in page:
-                    if vid.startswith("url-"):  # keyed by a URL hash: no extractor ID to write
+                    if vid.startswith("url-") or not is_valid_id(vid):  # a URL hash, or written by hand
                         skipped += 1
                         continue
                     lines.append(f"{(extractor or fallback).lower()} {vid}\n")

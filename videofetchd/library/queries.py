@@ -269,7 +269,8 @@ def mark_missing(store: Store, rows: Sequence[tuple[int, str]], *, requeue: bool
 # -- download archives ---------------------------------------------------------------------------
 
 def iter_done_for_archive(store: Store) -> Iterator[list[tuple[str, str | None]]]:
-    """Pages of (video_id, extractor) of every done row, by id."""
+    """Pages of (video_id, extractor) of every done row, by id; a playlist's row (its entries
+    are rows of their own) is not a download and is left out."""
     after = 0
     while True:
         page = _archive_page(store, after)
@@ -282,4 +283,4 @@ def iter_done_for_archive(store: Store) -> Iterator[list[tuple[str, str | None]]
 @db_errors
 def _archive_page(store: Store, after_id: int) -> list[tuple[Any, ...]]:
     return store.read("SELECT id, video_id, extractor FROM videos WHERE status = 'done' AND id > ? "
-                      "ORDER BY id LIMIT ?", [after_id, PAGE_ROWS])
+                      "AND (found_by IS NULL OR found_by != 'playlist') ORDER BY id LIMIT ?", [after_id, PAGE_ROWS])

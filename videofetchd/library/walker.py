@@ -1,8 +1,11 @@
 """The file-system half of the library scanner: walk directories and recognise video IDs.
 
 Walks with ``os.scandir`` and an explicit stack (no recursion limit, one directory listing in
-memory at a time), follows no symlinked directories and guards against bind-mount loops by
-(st_dev, st_ino). An ID comes from, in order: the ``.info.json`` sidecar next to the file (same
+memory at a time) and follows no symlink below the root: not a directory, not a video file,
+not a sidecar (a link to a file the scanning user may read but the library's writer may not
+must not leak that file's ID or size into the database). A directory opened is checked to be the
+one listed (st_dev, st_ino), so one swapped for a link during the walk is skipped, and the same
+pair guards against bind-mount loops. An ID comes from, in order: the ``.info.json`` sidecar next to the file (same
 stem), the yt-dlp style ``[ID]`` at the end of the file stem, the configured
 ``scan.id_pattern``. Partial files (``.part``, ``.ytdl``, ``.temp``, ``.part-FragN``, ``.fNNN``
 format parts) and empty files are never complete. Problems are counted in a ``Tally``, never
@@ -11,6 +14,7 @@ raised, except for an unreadable scan root. No database, no network, no yt-dlp h
 
 from __future__ import annotations
 
+import errno
 import itertools
 import json
 import logging
@@ -23,12 +27,15 @@ from dataclasses import dataclass, field
 from ..config import ScanConfig
 from ..errors import VideofetchdError
 from ..queue.jobs import ID_RE, MAX_ID_LENGTH, DoneFile
+from ..text import printable
 from .report import ScanReport
 
 log = logging.getLogger("videofetchd.scan")
 
 MAX_WARNINGS = 50  #: warnings kept in the report and logged one by one; the rest are only counted
-MAX_SIDECAR_BYTES = 64 * 1024 * 1024
+#: a real yt-dlp info.json is a few hundred KiB; a larger one is skipped unread (json.loads of
+#: a hostile 60 MiB file of ``{}`` items takes more than 1.5 GB)
+MAX_SIDECAR_BYTES = 4 * 1024 * 1024
 SIDECAR_SUFFIX = ".info.json"
 LARGE_DIR = 10_000  #: entries of a directory held at once; a larger one is streamed (see _listing)
 SLICE = 1000  #: entries per slice of a large directory
@@ -107,16 +114,22 @@ class Walker:
         except OSError as exc:
             raise ScanRootError(f"cannot read scan root {show_path(root)}: {exc.strerror or exc}") from None
         self.visited.add((st.st_dev, st.st_ino))
-        stack = [root]
+        stack = [(root, st.st_dev, st.st_ino)]
         out: list[Found] = []
         while stack:
-            directory = stack.pop()
+            directory, dev, ino = stack.pop()
+            # the root may be a symlink (the user named it); below it, nothing is followed
+            flags = os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC | (os.O_NOFOLLOW if directory != root else 0)
             try:
-                fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+                fd = os.open(directory, flags)
             except OSError as exc:
                 self.tally.error(f"cannot read directory {show_path(directory)}: {exc.strerror or exc}")
                 continue
             try:
+                opened = os.fstat(fd)
+                if (opened.st_dev, opened.st_ino) != (dev, ino):  # a path component was swapped meanwhile
+                    self.tally.error(f"skipped directory {show_path(directory)}: it changed during the scan")
+                    continue
                 for entries, sidecars in _listing(fd):
                     self._directory(directory, fd, entries, sidecars, stack, out)
                     if len(out) >= batch_size:
@@ -129,7 +142,7 @@ class Walker:
         yield out
 
     def _directory(self, directory: str, fd: int, entries: list[os.DirEntry[str]], sidecars: set[str],
-                   stack: list[str], out: list[Found]) -> None:
+                   stack: list[tuple[str, int, int]], out: list[Found]) -> None:
         # the hot loop: one regular-expression call recognises the usual "Title [ID].ext" name
         # (extension, bracket and ID rules at once); every other name takes the careful path
         tally, fast, add = self.tally, self.fast, out.append
@@ -150,11 +163,13 @@ class Walker:
                 partial += self._careful(fd, base, entry, sidecars, out)
                 continue
             try:
-                st = entry.stat()  # fstatat(fd, name): follows a symlinked file
+                st = entry.stat(follow_symlinks=False)  # fstatat(fd, name, AT_SYMLINK_NOFOLLOW)
             except OSError as exc:
                 tally.error(f"cannot stat {show_path(base + name)}: {exc.strerror or exc}")
                 continue
             if st.st_mode & 0o170000 != 0o100000:  # not a regular file (S_ISREG, inlined)
+                if st.st_mode & 0o170000 == 0o120000:
+                    tally.error(f"skipped {show_path(base + name)}: a symlink (not followed)")
                 continue
             if not st.st_size:
                 partial += 1
@@ -177,11 +192,13 @@ class Walker:
             self.tally.error(f"skipped {show_path(base + name)}: file name is not valid UTF-8")
             return 0
         try:
-            st = entry.stat()
+            st = entry.stat(follow_symlinks=False)
         except OSError as exc:
             self.tally.error(f"cannot stat {show_path(base + name)}: {exc.strerror or exc}")
             return 0
         if not stat.S_ISREG(st.st_mode):
+            if stat.S_ISLNK(st.st_mode):
+                self.tally.error(f"skipped {show_path(base + name)}: a symlink (not followed)")
             return 0
         if st.st_size == 0:
             return 1
@@ -192,7 +209,7 @@ class Walker:
             out.append((found[0], base + name, st.st_size, found[1], found[2]))
         return 0
 
-    def _push_dir(self, path: str, entry: os.DirEntry[str], stack: list[str]) -> None:
+    def _push_dir(self, path: str, entry: os.DirEntry[str], stack: list[tuple[str, int, int]]) -> None:
         if not utf8_ok(entry.name):
             self.tally.error(f"skipped directory {show_path(path)}: name is not valid UTF-8")
             return
@@ -202,7 +219,7 @@ class Walker:
             self.tally.error(f"skipped directory {show_path(path)}: already visited (loop)")
             return
         self.visited.add(key)
-        stack.append(path)
+        stack.append((path, st.st_dev, st.st_ino))
 
     def _identify(self, fd: int, base: str, name: str, stem: str,
                   has_sidecar: bool) -> tuple[str, str, str | None] | None:
@@ -229,8 +246,12 @@ class Walker:
             if found is not None:
                 return found
             info = json.loads(data)
-        except (OSError, ValueError, RecursionError) as exc:  # ValueError: JSON and UTF-8 errors
-            self.tally.error(f"ignored sidecar {show_path(base + name)}: {exc}")
+        except OSError as exc:
+            why = "a symlink (not followed)" if exc.errno == errno.ELOOP else (exc.strerror or str(exc))
+            self.tally.error(f"ignored sidecar {show_path(base + name)}: {why}")
+            return None
+        except (ValueError, RecursionError) as exc:  # ValueError: JSON and UTF-8 errors, too large
+            self.tally.error(f"ignored sidecar {show_path(base + name)}: {printable(exc)}")
             return None
         video_id = info.get("id") if isinstance(info, dict) else None
         if not isinstance(video_id, str) or not is_valid_id(video_id):
@@ -309,7 +330,8 @@ def _read_file(dir_fd: int, name: str, limit: int) -> bytes:
     """The whole file, read with plain system calls sized by fstat (no buffered file object: a
     scan reads thousands of sidecars); ValueError when it is not a regular file or is larger
     than ``limit``."""
-    fd = os.open(name, os.O_RDONLY | os.O_CLOEXEC | os.O_NONBLOCK, dir_fd=dir_fd)  # a FIFO must not hang us
+    # O_NONBLOCK: a FIFO must not hang us; O_NOFOLLOW: a symlink fails with ELOOP
+    fd = os.open(name, os.O_RDONLY | os.O_CLOEXEC | os.O_NONBLOCK | os.O_NOFOLLOW, dir_fd=dir_fd)
     try:
         st = os.fstat(fd)
         if not stat.S_ISREG(st.st_mode):
@@ -328,5 +350,5 @@ def _read_file(dir_fd: int, name: str, limit: int) -> bytes:
 
 
 def show_path(path: str) -> str:
-    """A path safe to print: undecodable bytes shown as escapes."""
-    return path.encode("utf-8", "backslashreplace").decode("utf-8")
+    """A path safe to print: undecodable bytes and control characters shown as escapes."""
+    return printable(path.encode("utf-8", "backslashreplace").decode("utf-8"))

@@ -66,6 +66,12 @@ class Outcome:
     error: str | None = None
     kind: ErrorKind | None = None  #: None: not the row's fault; handed back without charging an attempt
     condition: str | None = None  #: the host condition (health name) that made the job fail, if any
+    #: a playlist expanded (``download.expand_playlists``): (video_id, url) of each entry, to be
+    #: queued as rows of their own; the child never touches the database, the recorder inserts them
+    entries: tuple[tuple[str, str], ...] = ()
+    #: files the job wrote (yt-dlp's file names, partial ones included), so that a row that fails
+    #: for good can have its leftovers removed; filled in by the supervisor from the slot
+    files: tuple[str, ...] = ()
 
 
 def validate_video_id(video_id: str) -> str:
@@ -105,10 +111,13 @@ def id_for_url(url: str) -> str:
 
 
 def url_for(video_id: str, url: str | None, template: str) -> str:
-    """The URL a job downloads: the row's own URL, or the template with the ID percent-quoted."""
+    """The URL a job downloads: the row's own URL, or the template with the ID percent-quoted.
+
+    The ID is checked either way: it is shown by ``status`` and ``list`` and becomes part of
+    file names, and a row written straight into the database may carry anything."""
+    validate_video_id(video_id)
     if url:
         return validate_url(url)
-    validate_video_id(video_id)
     return template.format(id=urllib.parse.quote(video_id, safe=""))
 
 
@@ -123,7 +132,8 @@ _PERMANENT = re.compile(
     r"Private video|has been removed|no longer available|account .*terminated|"
     r"Unsupported URL|is not a valid URL|members-only|This video is only available|"
     r"copyright claim|age-restricted|not available in your country|Premieres in|"
-    r"This live event will begin|Unable to extract|No video formats found",
+    r"This live event will begin|Unable to extract|No video formats found|"
+    r"download\.allow_addresses|download\.max_filesize|File too large|not a video:",
     re.IGNORECASE)
 _THROTTLED = re.compile(
     r"HTTP Error 429|Too Many Requests|confirm you.re not a bot|rate.?limit|"

@@ -13,7 +13,7 @@ import enum
 
 import peewee
 
-SCHEMA_VERSION = 4
+SCHEMA_VERSION = 5
 NOTIFY_CHANNEL = "videofetchd_queue"
 
 db_proxy = peewee.DatabaseProxy()
@@ -228,6 +228,24 @@ def schema_counts(backend: str) -> list[str]:
     return stmts
 
 
+#: what ``jobs.ID_RE`` and ``MAX_ID_LENGTH`` accept, as PostgreSQL says it; a video ID is shown
+#: by status and list and becomes part of file names, so no writer should store another
+_PG_ID_CHECK = "CHECK (video_id ~ '^[A-Za-z0-9_-][A-Za-z0-9_.:@~+-]*$' AND length(video_id) <= 200)"
+
+
+def schema_video_ids(backend: str) -> list[str]:
+    """Video IDs checked by the database itself, where it can: a PostgreSQL CHECK constraint,
+    ``NOT VALID`` so that rows written before stay readable (they fail at their claim instead).
+
+    SQLite cannot add a constraint to an existing table, and the triggers that could stand in
+    for one cost a first scan's bulk insert 15 % more CPU (measured: 0.1 s per 93,000 rows) for
+    a check any writer of the file may drop; there the check at every claim is the guard."""
+    if backend != "postgres":
+        return []
+    return ["ALTER TABLE videos DROP CONSTRAINT IF EXISTS videos_video_id_valid",
+            f"ALTER TABLE videos ADD CONSTRAINT videos_video_id_valid {_PG_ID_CHECK} NOT VALID"]
+
+
 #: version -> DDL builder; a release that changes the schema appends one entry. Each version runs
 #: once, in one transaction with its version row (DDL is transactional on both backends).
-MIGRATIONS = {1: schema_v1, 2: schema_v2, 3: schema_identities, 4: schema_counts}
+MIGRATIONS = {1: schema_v1, 2: schema_v2, 3: schema_identities, 4: schema_counts, 5: schema_video_ids}

@@ -27,8 +27,6 @@ from .jobs import throttle_delay
 
 T = TypeVar("T")
 _ADD_BATCH = 500
-LIST_FIELDS = ("video_id", "status", "attempts", "last_error", "file_path", "file_size", "url",
-               "error_kind", "found_by", "lease_owner", "run_after", "updated_at", "finished_at", "identity")
 
 
 @dataclass(frozen=True)
@@ -97,6 +95,13 @@ def make_database(url: str) -> tuple[peewee.Database, str]:
                 os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
             except OSError as exc:
                 raise DatabaseUnavailable(f"cannot create the directory of {path}: {exc.strerror}") from exc
+            try:
+                # created here, not by SQLite, so that it is never world-readable whoever creates
+                # it (`videofetchctl add` from a shell's umask 022, say); SQLite gives its -wal
+                # and -shm files the database file's mode
+                os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o640))
+            except OSError:
+                pass  # it exists (or cannot be made: SQLite's own error then says why)
         # busy_timeout stays below the supervisor's 10 s call timeout, so a locked database
         # fails the call instead of succeeding just after the caller gave up on it
         pragmas = {"journal_mode": "wal", "busy_timeout": 5000, "synchronous": "normal"}
@@ -373,25 +378,6 @@ class Store:
         for status, n in self.read("SELECT status, sum(n) FROM videos_counts GROUP BY status"):
             result[status] = int(n)
         return result
-
-    @db_errors
-    def list_rows(self, status: str | None = None, limit: int | None = None,
-                  video_ids: Sequence[str] | None = None) -> list[dict[str, Any]]:
-        sql = f"SELECT {', '.join(LIST_FIELDS)} FROM videos"
-        params: list[Any] = []
-        clauses = []
-        if status:
-            clauses.append("status = ?")
-            params.append(status)
-        if video_ids:
-            clauses.append(f"video_id IN ({', '.join('?' for _ in video_ids)})")
-            params.extend(video_ids)
-        if clauses:
-            sql += " WHERE " + " AND ".join(clauses)
-        sql += " ORDER BY id"
-        if limit:
-            sql += f" LIMIT {int(limit)}"
-        return [dict(zip(LIST_FIELDS, row)) for row in self.read(sql, params)]
 
     @db_errors
     def retry_failed(self, video_ids: Sequence[str] | None = None) -> int:

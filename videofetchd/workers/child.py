@@ -17,8 +17,7 @@ import signal
 import threading
 import time
 from collections.abc import MutableSequence
-
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from ..config import DownloadConfig
 from ..queue.jobs import PHASE_DOWNLOADING, PHASE_IDLE, ErrorKind, Job, Outcome
@@ -30,9 +29,13 @@ if TYPE_CHECKING:
 # Layout of the per-slot shared array of doubles.
 PID, BEAT, PHASE, DONE_BYTES, TOTAL_BYTES, SPEED, ETA, ROW_ID, JOBS = range(9)
 SHARED_LEN = 9
+#: bytes of the per-slot buffer of the current job's file names (NUL-separated UTF-8): the parent
+#: reads them to clean up after a row that failed for good, even when it had to kill the child
+FILES_LEN = 8192
 _PR_SET_PDEATHSIG = 1
 
 _shared: MutableSequence[float] | None = None
+_files: Any = None
 _downloaders: dict[str | None, Downloader] = {}  #: per egress identity, for the generation below
 _generation = -1
 
@@ -40,8 +43,19 @@ _generation = -1
 class _SharedReporter:
     """Writes progress into the shared array; a beat only when bytes or the phase change."""
 
-    def __init__(self, shared: MutableSequence[float]) -> None:
+    def __init__(self, shared: MutableSequence[float], files: Any) -> None:
         self.shared = shared
+        self.files_buf = files
+
+    def files(self, paths: list[str]) -> None:
+        """Publish the job's file names; those that do not fit are left out (never cut in half)."""
+        data = b""
+        for p in paths:
+            raw = p.encode("utf-8", "surrogateescape") + b"\0"
+            if len(data) + len(raw) >= FILES_LEN:
+                break
+            data += raw
+        self.files_buf.raw = data.ljust(FILES_LEN, b"\0")
 
     def phase(self, phase: int) -> None:
         self.shared[PHASE] = phase
@@ -85,9 +99,9 @@ def _alive(pid: int) -> bool:
     return True
 
 
-def init_child(shared: MutableSequence[float], supervisor_pid: int) -> None:
+def init_child(shared: MutableSequence[float], supervisor_pid: int, files: Any) -> None:
     """ProcessPoolExecutor initializer: runs once in each new child."""
-    global _shared
+    global _shared, _files
     os.setpgrp()
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGHUP, signal.SIG_IGN)
@@ -99,7 +113,7 @@ def init_child(shared: MutableSequence[float], supervisor_pid: int) -> None:
     except (OSError, AttributeError):
         pass  # not Linux: orphans then finish their current job and exit on the closed pipe
     threading.Thread(target=_exit_with, args=(supervisor_pid,), name="supervisor-watch", daemon=True).start()
-    _shared = shared
+    _shared, _files = shared, files
     shared[PID] = os.getpid()
     shared[JOBS] = 0
     shared[PHASE] = PHASE_IDLE
@@ -118,7 +132,7 @@ def _downloader_for(cfg: DownloadConfig, generation: int, identity: str | None) 
     found = _downloaders.get(identity)
     if found is None:
         from .download import Downloader  # preloaded in the forkserver; the parent never needs it
-        found = _downloaders[identity] = Downloader(cfg, _SharedReporter(_shared), identity)
+        found = _downloaders[identity] = Downloader(cfg, _SharedReporter(_shared, _files), identity)
     return found
 
 

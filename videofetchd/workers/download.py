@@ -4,6 +4,12 @@ Runs inside a worker child. A ``YoutubeDL`` object is built once per config gene
 reused for every job of that generation (a new one costs ~140 ms; a warm one fetches a small
 file in ~35 ms). Progress and post-processor hooks report to a ``Reporter`` that the worker
 wires to shared memory the parent reads; nothing here touches the database.
+
+A job is extracted before anything is downloaded, so a playlist is known as one while nothing
+of it has been fetched (it fails at once, or its entries go back as rows to queue); the
+generic extractor's guess that a non-media answer is a "direct video link" is refused; the
+bytes received are counted against ``download.max_filesize``; and ``netguard`` checks every
+connection against ``download.allow_addresses``.
 """
 
 from __future__ import annotations
@@ -16,17 +22,27 @@ from typing import Any, Protocol
 import yt_dlp
 from yt_dlp.utils import DownloadError
 
+from . import netguard
 from ..config import DownloadConfig
-from ..queue.jobs import PHASE_EXTRACTING, PHASE_IDLE, PHASE_POSTPROCESSING, ErrorKind, Job, Outcome, classify
+from ..errors import InvalidVideoId
+from ..queue.jobs import (PHASE_EXTRACTING, PHASE_IDLE, PHASE_POSTPROCESSING, ErrorKind, Job, Outcome, classify,
+                          id_for_url, validate_url, validate_video_id)
 
 #: YoutubeDL params videofetchd sets itself; ``download.ytdlp`` may not override them
 RESERVED_PARAMS = frozenset({"progress_hooks", "postprocessor_hooks", "logger", "paths", "outtmpl",
-                             "noplaylist", "quiet", "noprogress", "progress_with_newline"})
+                             "noplaylist", "quiet", "noprogress", "progress_with_newline", "extract_flat",
+                             "enable_file_urls", "max_filesize"})
+MAX_URL_HOPS = 10  #: extractors handing a URL on to the next (redirects, embeds) before we give up
 
 
 class Reporter(Protocol):
     def phase(self, phase: int) -> None: ...
     def progress(self, downloaded: float, total: float, speed: float, eta: float) -> None: ...
+    def files(self, paths: list[str]) -> None: ...
+
+
+class SizeLimitExceeded(yt_dlp.utils.DownloadCancelled):
+    """Raised from the progress hook: yt-dlp closes the file and lets it through to us."""
 
 
 class _Logger:
@@ -57,6 +73,8 @@ class Downloader:
         self.reporter = reporter
         self.logger = _Logger()
         self.finished: dict[str, int] = {}  # file name -> bytes, from 'finished' progress events
+        self.received: dict[str, int] = {}  # file being written -> bytes so far (max_filesize counts them all)
+        self.written: list[str] = []  # every file name the job's downloads used, partial ones included
         self.postprocessed = False
         params: dict[str, Any] = {
             "socket_timeout": cfg.socket_timeout,
@@ -76,8 +94,21 @@ class Downloader:
             "logger": self.logger,
             "progress_hooks": [self._on_progress],
             "postprocessor_hooks": [self._on_postprocess],
+            # a playlist's entries are listed, not resolved, until we decide what to do with it
+            "extract_flat": "in_playlist",
+            "enable_file_urls": False,  # an extractor's file:// format URL would copy a local file
         })
+        chosen = params.get("external_downloader")  # the user's own choice: str or {protocol: name}
+        programs = [chosen] if isinstance(chosen, str) else list(chosen.values()) if isinstance(chosen, dict) else []
+        self.policy = policy = netguard.policy_for(cfg.allow_addresses, params.get("proxy"),
+                                                   [p for p in programs if isinstance(p, str)])
+        if not policy.open and "external_downloader" not in params:
+            # yt-dlp's own HLS/DASH downloaders run in this process, where every connection is checked
+            params["external_downloader"] = {"default": "native"}
         self.ydl = yt_dlp.YoutubeDL(params)
+        if not policy.open:
+            # libcurl (browser impersonation) connects below Python, out of the checker's sight
+            self.ydl._request_director.handlers.pop("CurlCFFI", None)
         self._ie_by_shape: dict[str, str] = {}  # URL with the ID cut out -> extractor that took it
 
     def _shape(self, job: Job) -> str | None:
@@ -101,7 +132,13 @@ class Downloader:
 
     def _on_progress(self, d: dict[str, Any]) -> None:
         status = d.get("status")
+        new = [os.path.abspath(n) for n in (d.get("filename"), d.get("tmpfilename")) if n and n != "-"]
+        new = [n for n in new if n not in self.written]
+        if new:
+            self.written.extend(new)
+            self.reporter.files(self.written)
         if status == "downloading":
+            self._check_size(d)
             self.reporter.progress(float(d.get("downloaded_bytes") or 0),
                                    float(d.get("total_bytes") or d.get("total_bytes_estimate") or 0),
                                    float(d.get("speed") or 0), float(d.get("eta") or -1))
@@ -111,6 +148,21 @@ class Downloader:
                 self.finished[os.path.abspath(d["filename"])] = int(size)
             self.reporter.progress(float(size or 0), float(size or 0), 0.0, 0.0)
 
+    def _check_size(self, d: dict[str, Any]) -> None:
+        """Refuse a download once the bytes received (every file of the job together) or a
+        declared length pass ``max_filesize``: an endless body has no length to check up front."""
+        limit = self.cfg.max_filesize
+        if not limit:
+            return
+        self.received[d.get("tmpfilename") or d.get("filename") or ""] = int(d.get("downloaded_bytes") or 0)
+        declared, got = int(d.get("total_bytes") or 0), sum(self.received.values())
+        if declared > limit:
+            raise SizeLimitExceeded(f"refused: the server announces {declared} bytes, more than "
+                                    f"download.max_filesize ({limit} bytes)")
+        if got > limit:
+            raise SizeLimitExceeded(f"refused: received {got} bytes, more than download.max_filesize "
+                                    f"({limit} bytes), and the file had not ended")
+
     def _on_postprocess(self, d: dict[str, Any]) -> None:
         self.reporter.phase(PHASE_POSTPROCESSING)
         self.postprocessed = True  # fixups and post-processors rewrite the file: sizes change
@@ -118,26 +170,79 @@ class Downloader:
     def run(self, job: Job) -> Outcome:
         self.logger.errors.clear()
         self.finished.clear()
+        self.received.clear()
+        self.written.clear()
         self.postprocessed = False
+        netguard.take_refusals()
         self.reporter.phase(PHASE_EXTRACTING)
-        shape = self._shape(job)
         try:
-            info = self.ydl.extract_info(job.url, download=True, ie_key=self._known_extractor(job, shape))
+            with netguard.enforcing(self.policy):
+                outcome = self._run(job)
+        except SizeLimitExceeded as exc:
+            outcome = Outcome(False, error=str(exc), kind=ErrorKind.PERMANENT)
         except DownloadError as exc:
-            return _failure(_reason(exc, self.logger.errors), _http_status(exc))
+            outcome = _failure(_reason(exc, self.logger.errors), _http_status(exc))
         except yt_dlp.utils.YoutubeDLError as exc:
-            return _failure(str(exc))
+            outcome = _failure(str(exc))
         finally:
             self.reporter.phase(PHASE_IDLE)
+        refused = netguard.take_refusals()
+        if refused and not outcome.ok and "HTTP Error" not in (outcome.error or ""):
+            # yt-dlp's wording of a failed connect varies by handler; say what happened instead
+            outcome = Outcome(False, error=refused[0], kind=ErrorKind.PERMANENT)
+        return outcome
+
+    def _run(self, job: Job) -> Outcome:
+        """Extract first (nothing is downloaded yet), decide, then download a single video."""
+        ydl, shape = self.ydl, self._shape(job)
+        info = ydl.extract_info(job.url, download=False, process=False, ie_key=self._known_extractor(job, shape))
         if not info:
             return _failure(_reason(None, self.logger.errors) or "yt-dlp returned no result")
         self._learn_extractor(shape, info)
+        hops = 0
+        while info.get("_type") == "url":  # a redirect or an embed handing over: extract that one, unprocessed
+            if hops == MAX_URL_HOPS:
+                return Outcome(False, error=f"more than {MAX_URL_HOPS} extractors handed the URL on",
+                               kind=ErrorKind.PERMANENT)
+            info = ydl.extract_info(info["url"], download=False, process=False, ie_key=info.get("ie_key"))
+            hops += 1
+            if not info:
+                return _failure(_reason(None, self.logger.errors) or "yt-dlp returned no result")
+        processed = False
+        if info.get("_type") == "url_transparent":  # yt-dlp merges those itself; a playlist stays flat
+            info, processed = ydl.process_ie_result(info, download=False), True
+        if info.get("_type") in ("playlist", "multi_video"):
+            return self._playlist(job, info, processed)
+        if info.get("extractor_key") == "Generic" and info.get("direct") and not info.get("formats"):
+            # the generic extractor's last resort: "not HTML, so maybe a video"; its Content-Type
+            # said neither audio nor video (a direct link that does gets a format of that type)
+            return Outcome(False, kind=ErrorKind.PERMANENT,
+                           error="not a video: the answer's Content-Type is not audio/* or video/*")
+        info = ydl.process_ie_result(info, download=True)
+        if not info:
+            return _failure(_reason(None, self.logger.errors) or "yt-dlp returned no result")
         return self._verify(info)
+
+    def _playlist(self, job: Job, info: dict[str, Any], processed: bool) -> Outcome:
+        """Fail a playlist at once, or list its entries (flat: nothing resolved or downloaded)
+        as (video_id, url) rows for the recorder to queue."""
+        if not self.cfg.expand_playlists:
+            return Outcome(False, kind=ErrorKind.PERMANENT,
+                           error="URL is a playlist, not a single video (set download.expand_playlists: true "
+                                 "to queue its entries as rows of their own)")
+        if not processed:
+            info = self.ydl.process_ie_result(info, download=False)
+        rows: dict[str, str] = {}
+        for entry in info.get("entries") or ():
+            url = _entry_url(entry, job.url)
+            if url is not None:
+                rows.setdefault(key_for_url(url), url)
+        if not rows:
+            return Outcome(False, error="URL is a playlist with no entries to queue", kind=ErrorKind.PERMANENT)
+        return Outcome(True, entries=tuple(rows.items()), extractor=info.get("extractor_key"))
 
     def _verify(self, info: dict[str, Any]) -> Outcome:
         """Done only when the final file exists inside the directory with the expected size."""
-        if info.get("_type") in ("playlist", "multi_video"):
-            return Outcome(False, error="URL is a playlist, not a single video", kind=ErrorKind.PERMANENT)
         downloads = info.get("requested_downloads") or []
         path = (downloads[0].get("filepath") if downloads else None) or info.get("filepath")
         if not path:
@@ -159,6 +264,35 @@ class Downloader:
             return Outcome(False, error=f"final file has {size} bytes, expected {expected}",
                            kind=ErrorKind.TRANSIENT)
         return Outcome(True, file_path=path, file_size=size, extractor=info.get("extractor_key"))
+
+
+def _entry_url(entry: Any, playlist_url: str) -> str | None:
+    """The URL to queue for one flat playlist entry, or None when it has no usable one."""
+    if not isinstance(entry, dict):
+        return None
+    if entry.get("_type") in ("url", "url_transparent"):
+        candidates = [entry.get("url")]
+    else:  # resolved in place (a page's <video> tags): its page, unless that is the playlist itself
+        candidates = [entry.get("webpage_url"), entry.get("url")]
+    for url in candidates:
+        if isinstance(url, str) and url != playlist_url:
+            try:
+                return validate_url(url)
+            except InvalidVideoId:
+                continue
+    return None
+
+
+def key_for_url(url: str) -> str:
+    """The queue key of a URL: the extractor's ID when one is known offline and is a valid
+    video ID, else a hash of the URL (``videofetchctl add URL`` and playlist entries agree)."""
+    video_id = offline_id(url)
+    if video_id:
+        try:
+            return validate_video_id(video_id)
+        except InvalidVideoId:
+            pass
+    return id_for_url(url)
 
 
 def _reason(exc: BaseException | None, errors: list[str]) -> str:

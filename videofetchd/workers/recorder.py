@@ -1,7 +1,10 @@
-"""Turning job outcomes into queue state: done, failed, retried later, handed back, site paused.
+"""Turning job outcomes into queue state: done, failed, retried later, handed back, site paused,
+a playlist's entries queued.
 
 Every write matches the job's claim token, so an outcome whose lease was lost is dropped and
-counted, never written over another daemon's result. Used by the supervisor only.
+counted, never written over another daemon's result. Error texts come from sites: they are
+stored with control characters escaped. A row that fails for good leaves no partial files
+behind. Used by the supervisor only.
 The counters, outcome tallies and histograms here are the one record of what happened: status
 and the Prometheus endpoint read them as they are, so nothing is counted twice. Each kept write
 also moves the row in the supervisor's cached queue counts, so counts and counters always agree.
@@ -9,19 +12,25 @@ also moves the row in the supervisor's cached queue counts, so counts and counte
 
 from __future__ import annotations
 
+import asyncio
 import bisect
 import collections
+import dataclasses
 import logging
+import os
 import random
-from collections.abc import Awaitable, Callable
+import re
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 from ..config import DownloadConfig
 from ..errors import DatabaseRefused
 from ..queue.jobs import ErrorKind, Job, Outcome, backoff_delay, site_of
+from ..queue import playlists
 from ..queue.store import Claimed, Store
 from .egress import Egress
+from ..text import printable
 
 log = logging.getLogger(__name__)
 MAX_FAILURES_KEPT = 1000  #: failures remembered for the one-shot summary (newest kept)
@@ -114,7 +123,16 @@ class Recorder:
 
     async def _write(self, job: Job, o: Outcome, d: DownloadConfig) -> None:
         st, token = self.store, job.claim_token
-        if o.ok:
+        if o.error:
+            o = dataclasses.replace(o, error=printable(o.error))
+        final = False
+        if o.ok and o.entries:
+            kept, added = await self.db(playlists.expand, st, job.row_id, token, o.entries, extractor=o.extractor)
+            self.counters.completed += kept
+            if kept:
+                log.info("job %s: a playlist of %d entries, queued as rows (%d new)", job.video_id,
+                         len(o.entries), added)
+        elif o.ok:
             kept = await self.db(st.finish, job.row_id, token, file_path=o.file_path or "",
                                  file_size=o.file_size or 0, extractor=o.extractor)
             self.counters.completed += kept
@@ -136,6 +154,7 @@ class Recorder:
             kept = await self.db(st.fail, job.row_id, token, error=o.error or "", kind=o.kind.value)
             if kept:
                 self.failed(job, o.error or "", o.kind)
+            final = True
         elif o.kind is ErrorKind.THROTTLED:  # the site, or one identity on it, pauses; the row waits, uncharged
             delay = await self.egress.throttled(job, d, o.error or "throttled")
             kept = await self.db(st.release, job.row_id, token, delay_s=delay, reason=o.error)
@@ -147,6 +166,7 @@ class Recorder:
                                  kind=o.kind.value, delay_s=delay, max_attempts=d.max_attempts)
             if kept and job.attempt >= d.max_attempts:
                 self.failed(job, o.error or "", o.kind)
+                final = True
             elif kept:
                 self._tally("retried", o.kind.value, "queued")
                 self.counters.retried += 1
@@ -155,6 +175,12 @@ class Recorder:
         if not kept:
             self.counters.lost_leases += 1
             log.warning("job %s: lease was lost; its result was not recorded", job.video_id)
+        elif final and o.files:  # with the lease lost, another daemon may be writing those files now
+            loop = asyncio.get_running_loop()
+            removed = await loop.run_in_executor(None, remove_leftovers, o.files, d.directory)
+            if removed:
+                log.info("job %s: removed %d partial files: %s", job.video_id, len(removed),
+                         ", ".join(printable(os.path.basename(p)) for p in removed[:5]))
 
     async def invalid(self, c: Claimed, error: str) -> None:
         """A claimed row that cannot even be started (its ID makes no URL): failed for good."""
@@ -176,3 +202,41 @@ class Recorder:
         self.counters.failed += 1
         self.failures.append((job.video_id, error))
         log.error("job %s failed for good (attempt %d): %s", job.video_id, job.attempt, error)
+
+
+_FORMAT_PIECE = re.compile(r"\.f[0-9]+(?:-[0-9]+)?\.[A-Za-z0-9]+$")  # yt-dlp's per-format file before a merge
+
+
+def remove_leftovers(files: Sequence[str], directory: str) -> list[str]:
+    """Remove what a job that failed for good left in ``directory``: the ``.part``, ``.ytdl``,
+    ``.part-FragN`` and ``.temp.`` files of every file it wrote, and unmerged format pieces.
+    A finished file is kept (a later scan may still find it). Returns the paths removed."""
+    root = os.path.realpath(directory)
+    wanted: dict[str, set[str]] = {}  # directory -> names to remove
+    frag_prefixes: dict[str, set[str]] = {}
+    for path in files:
+        parent, name = os.path.split(path[:-5] if path.endswith(".part") else path)
+        real = os.path.realpath(parent)
+        if real != root and not real.startswith(root + os.sep):
+            continue
+        stem, dot, ext = name.rpartition(".")
+        names = {name + ".part", name + ".ytdl", f"{stem}.temp.{ext}" if dot else name + ".temp"}
+        if _FORMAT_PIECE.search(name):
+            names.add(name)
+        wanted.setdefault(parent, set()).update(names)
+        frag_prefixes.setdefault(parent, set()).add(name + ".part-Frag")
+    removed = []
+    for parent, names in wanted.items():
+        prefixes = tuple(frag_prefixes[parent])
+        try:
+            with os.scandir(parent) as it:
+                present = [e.name for e in it if e.name in names or e.name.startswith(prefixes)]
+        except OSError:
+            continue
+        for name in present:
+            try:
+                os.unlink(os.path.join(parent, name))
+                removed.append(os.path.join(parent, name))
+            except OSError:
+                pass
+    return removed

@@ -72,6 +72,7 @@ class Slot:
     def __init__(self, index: int) -> None:
         self.index = index
         self.shared: Any = mp_context().Array("d", child.SHARED_LEN, lock=False)
+        self.files_buf: Any = mp_context().Array("c", child.FILES_LEN, lock=False)
         self.executor: ProcessPoolExecutor | None = None
         self.future: Future[Any] | None = None
         self.job: Job | None = None
@@ -93,7 +94,8 @@ class Slot:
         """Create the child now and warm its YoutubeDL, so the first job starts at once."""
         self.shared[child.PID] = 0
         self.executor = ProcessPoolExecutor(max_workers=1, mp_context=mp_context(),
-                                            initializer=child.init_child, initargs=(self.shared, os.getpid()))
+                                            initializer=child.init_child,
+                                            initargs=(self.shared, os.getpid(), self.files_buf))
         self.generation = generation
         self.warm_future = self.executor.submit(child.warm, cfg, generation)
         self.kill_sent_at = None
@@ -161,10 +163,16 @@ class Slot:
         self.shared[child.DONE_BYTES] = 0
         self.shared[child.TOTAL_BYTES] = 0
         self.bytes_seen = 0
+        self.files_buf.raw = bytes(child.FILES_LEN)
         self.job, self.job_cfg, self.started_at = job, cfg, now
         self.io, self.io_beat, self._io_checked = IoMeter(), now, 0.0
         self.future = self.executor.submit(child.run_job, job, cfg, generation)
         return self.future
+
+    def files(self) -> tuple[str, ...]:
+        """The file names the current (or just finished) job has written, as the child reported them."""
+        raw: bytes = self.files_buf.raw
+        return tuple(p.decode("utf-8", "surrogateescape") for p in raw.split(b"\0") if p)
 
     def take_result(self) -> tuple[Job, Future[Any]]:
         """Detach the finished job; the slot becomes idle."""

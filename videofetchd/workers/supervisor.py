@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import dataclasses
 import functools
 import logging
 import os
@@ -215,7 +216,7 @@ class Supervisor:
         for slot in self.slots:
             if not slot.busy or slot.future is None or not slot.future.done():
                 continue
-            reason, pid = slot.kill_reason, slot.pid
+            reason, pid, files = slot.kill_reason, slot.pid, slot.files()
             self.counters.downloaded_bytes += slot.new_bytes()
             if reason != "daemon stopping":
                 self.stats.durations.observe(time.monotonic() - slot.started_at)
@@ -239,7 +240,7 @@ class Supervisor:
                 outcome = self._lost_child(slot, reason, exc)
             if outcome.condition is not None:  # the host, not the row: pause; the row is handed back
                 self.hostwatch.job_fault(outcome.condition, outcome.error or "")
-            await self._record(job, outcome)
+            await self._record(job, dataclasses.replace(outcome, files=files))
 
     def _lost_child(self, slot: Slot, reason: str | None, exc: BaseException) -> Outcome:
         """The outcome of a job whose child died: killed by us (stop, stall, timeout) or not."""
