@@ -26,6 +26,7 @@ from ..errors import DatabaseGone, DatabaseUnavailable, HostFault, InvalidVideoI
 from ..queue.jobs import ErrorKind, Job, Outcome, site_of, url_for
 from .breaker import CrashBreaker
 from .health import Health
+from .stuck import Unkillable
 from .hostwatch import HostWatch
 from .egress import Egress
 from .recorder import Counters, JobStats, Recorder, move_count
@@ -40,6 +41,7 @@ DB_FILE_EVERY_S = 1.0  # how often the SQLite file is checked to still be the on
 MAX_IDLE_S = 1.0  # the loop turns at least this often, even with nothing to do
 PASS_FAILURE_LIMIT = 5  # failed passes within PASS_FAILURE_WINDOW_S that stop the supervisor
 PASS_FAILURE_WINDOW_S = 60.0
+WARM_HUNG_MIN_S = 10.0  # a warm-up that takes longer than this (and stall_timeout) has hung
 
 
 class Supervisor:
@@ -70,6 +72,7 @@ class Supervisor:
         self.health = Health()  # host conditions: while any is active nothing is claimed
         self.hostwatch = HostWatch(self.health, on_result=functools.partial(self._on_done, None))
         self.breaker = CrashBreaker(self.health)
+        self.unkillable = Unkillable(self.health)
         self.fault: tuple[str, tuple[str, ...]] | None = None  # why a one-shot run stopped early, and names
         self.started_at = time.monotonic()
         self.last_turn = time.monotonic()
@@ -141,6 +144,8 @@ class Supervisor:
         for slot in self.slots:
             self.counters.downloaded_bytes += slot.new_bytes()
             slot.enforce_limits(now)
+            if slot.unkillable(now):
+                await self._give_up(slot)
         await self._refresh(now)
         self._maintain_slots()
         self.hostwatch.tick(self.cfg.download, now)
@@ -242,7 +247,21 @@ class Supervisor:
                 self.hostwatch.job_fault(outcome.condition, outcome.error or "")
             await self._record(job, dataclasses.replace(outcome, files=files))
 
-    def _lost_child(self, slot: Slot, reason: str | None, exc: BaseException) -> Outcome:
+    async def _give_up(self, slot: Slot) -> None:
+        """The killed child outlives SIGKILL: record its job as the kill it was, without waiting for
+        a death that may never come, and give the slot a new child (see stuck.py)."""
+        reason, pid = slot.kill_reason or "killed", slot.pid
+        job, _ = slot.take_result()
+        self.unkillable.add(pid, slot.index, reason)
+        slot.discard()
+        self.counters.worker_restarts += 1
+        if job.row_id in self._lost:
+            self._lost.discard(job.row_id)
+            return
+        outcome = self._lost_child(slot, f"{reason}; the child outlived SIGKILL", None)
+        await self._record(job, outcome)
+
+    def _lost_child(self, slot: Slot, reason: str | None, exc: BaseException | None) -> Outcome:
         """The outcome of a job whose child died: killed by us (stop, stall, timeout) or not."""
         if reason == "daemon stopping":
             return Outcome(False, error="daemon stopped", kind=None)  # handed back, not counted
@@ -280,7 +299,17 @@ class Supervisor:
         if check:
             self._liveness_at = now
         d = self.cfg.download
+        if check and self.unkillable.pids:
+            self.unkillable.tick()
         for slot in self.slots:
+            if slot.warm_hung(now, max(WARM_HUNG_MIN_S, d.stall_timeout)):
+                log.warning("slot %d: child %d has been warming up for %.0fs; killing it", slot.index, slot.pid,
+                            now - (slot.warm_seen_at or now))
+                signal_group(slot.pid, signal.SIGKILL)
+                self.breaker.start_failed(d, f"warm-up hung for more than {max(WARM_HUNG_MIN_S, d.stall_timeout):g}s "
+                                             "(a cookie file or proxy on a hung mount?)", now)
+                slot.discard()
+                self.counters.worker_restarts += 1
             warm = slot.warm_future
             failed = warm is not None and warm.done() and not warm.cancelled() and warm.exception() is not None
             if slot.executor is not None and not slot.busy and (failed or (check and slot.child_lost())):
