@@ -109,6 +109,7 @@ class Downloader:
         if not policy.open:
             # libcurl (browser impersonation) connects below Python, out of the checker's sight
             self.ydl._request_director.handlers.pop("CurlCFFI", None)
+        self.ydl.cookiejar  # noqa: B018 - loaded at warm-up: a bad (or hung) cookie file shows now, not per job
         self._ie_by_shape: dict[str, str] = {}  # URL with the ID cut out -> extractor that took it
 
     def _shape(self, job: Job) -> str | None:

@@ -26,6 +26,7 @@ DISK_SPACE = "disk_space"  #: free space below download.min_free_space, or ENOSP
 DOWNLOAD_DIRECTORY = "download_directory"  #: missing and not creatable, not a directory, not writable
 WORKERS_CANNOT_START = "workers_cannot_start"  #: worker children die before their first job
 WORKERS_CRASHING = "workers_crashing"  #: crash_limit children died within crash_window (the crash breaker)
+WORKER_UNKILLABLE = "worker_unkillable"  #: a killed child outlives SIGKILL (uninterruptible sleep)
 
 
 @dataclass

@@ -80,6 +80,8 @@ class Slot:
         self.started_at = 0.0
         self.kill_sent_at: float | None = None
         self.kill_reason: str | None = None
+        self.sigkill_at: float | None = None
+        self.warm_seen_at: float | None = None  # monotonic: when the warming child first showed its pid
         self.retiring = False  # shrink after a reload: remove once idle
         self.generation = -1
         self.warm_future: Future[Any] | None = None
@@ -98,8 +100,7 @@ class Slot:
                                             initargs=(self.shared, os.getpid(), self.files_buf))
         self.generation = generation
         self.warm_future = self.executor.submit(child.warm, cfg, generation)
-        self.kill_sent_at = None
-        self.kill_reason = None
+        self.kill_sent_at = self.kill_reason = self.sigkill_at = self.warm_seen_at = None
 
     def discard(self) -> None:
         """Drop the executor without waiting (its child is dead or idle)."""
@@ -240,9 +241,28 @@ class Slot:
             self.kill_sent_at, self.kill_reason = now, reason
             log.warning("slot %d: %s; sending SIGTERM to process group %d", self.index, reason, pid)
             signal_group(pid, signal.SIGTERM)
-        elif now - self.kill_sent_at >= grace:
+        elif self.sigkill_at is None and now - self.kill_sent_at >= grace:
             log.warning("slot %d: child %d ignored SIGTERM for %.1fs; sending SIGKILL", self.index, pid, grace)
-            signal_group(pid, signal.SIGKILL)
+            signal_group(pid, signal.SIGKILL)  # once: a SIGKILL stays pending until it takes
+            self.sigkill_at = now
+
+    def unkillable(self, now: float) -> bool:
+        """Has the child outlived a SIGKILL by kill_grace? Only uninterruptible sleep does that (a
+        hung mount or device, a frozen cgroup): the kernel delivers the signal when, if ever, the
+        sleep ends."""
+        d = self.job_cfg
+        return (self.sigkill_at is not None and d is not None and now - self.sigkill_at >= d.kill_grace
+                and self.future is not None and not self.future.done() and pid_alive(self.pid))
+
+    def warm_hung(self, now: float, limit: float) -> bool:
+        """Has the child been warming up for more than ``limit`` seconds since it started (its
+        pid shows once the interpreter is up, so a slow forkserver does not count)?"""
+        warm = self.warm_future
+        if self.executor is None or warm is None or warm.done() or not self.pid:
+            return False
+        if self.warm_seen_at is None:
+            self.warm_seen_at = now
+        return now - self.warm_seen_at > limit
 
 
 def reap_children(pids: list[int], grace: float) -> None:

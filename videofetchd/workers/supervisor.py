@@ -2,10 +2,11 @@
 
 Shared by the daemon and the one-shot ``fetch``. Each pass, in a fixed order: reap finished or
 dead children, enforce stall and job timeouts, keep the database side current (lease renewal,
-expired leases, counts, results held back during an outage), rebuild/recycle/resize slots, watch
-the host (``health``: a full disk, an unusable directory, children that cannot start pause
-claiming), then claim work for idle slots. All database calls run on one dedicated thread, so a
-slow or absent database never stops the loop from watching its children.
+expired leases, counts, results held back during an outage), rebuild/recycle/resize slots (the
+children's lives are ``pool.py``'s), watch the host (``health``: a full disk, an unusable
+directory, children that cannot start pause claiming), then claim work for idle slots. All
+database calls run on one dedicated thread, so a slow or absent database never stops the loop
+from watching its children.
 """
 
 from __future__ import annotations
@@ -16,20 +17,20 @@ import dataclasses
 import functools
 import logging
 import os
-import signal
 import time
 from typing import Any
 
 from ..config import Config, DownloadConfig
 from ..queue.dblink import DB_CALL_TIMEOUT_S, DbLink
 from ..errors import DatabaseGone, DatabaseUnavailable, HostFault, InvalidVideoId, SupervisorFailed
-from ..queue.jobs import ErrorKind, Job, Outcome, site_of, url_for
+from ..queue.jobs import Job, Outcome, site_of, url_for
 from .breaker import CrashBreaker
 from .health import Health
 from .hostwatch import HostWatch
 from .egress import Egress
 from .recorder import Counters, JobStats, Recorder, move_count
-from .slots import Slot, reap_children, signal_group
+from .pool import Pool
+from .slots import Slot, reap_children
 from ..queue.store import Claimed, Store
 
 log = logging.getLogger(__name__)
@@ -52,7 +53,6 @@ class Supervisor:
         self.owner = f"{node}:{os.getpid()}"
         self.one_shot = one_shot
         self.generation = 1
-        self.slots: list[Slot] = []
         self.state = "starting"
         self.paused = False
         self.scanning = False  # a library scan runs: claiming now could fetch a file it is about to find
@@ -69,7 +69,7 @@ class Supervisor:
         self.stats = JobStats()
         self.health = Health()  # host conditions: while any is active nothing is claimed
         self.hostwatch = HostWatch(self.health, on_result=functools.partial(self._on_done, None))
-        self.breaker = CrashBreaker(self.health)
+        self.pool = Pool(counters=self.counters, health=self.health, wake=self._on_done)
         self.fault: tuple[str, tuple[str, ...]] | None = None  # why a one-shot run stopped early, and names
         self.started_at = time.monotonic()
         self.last_turn = time.monotonic()
@@ -78,9 +78,7 @@ class Supervisor:
         self._loop: asyncio.AbstractEventLoop | None = None
         self._next_claim = 0.0
         self._renewed_at = self._expired_at = self._counts_at = self._pauses_at = self._file_at = 0.0
-        self._warmed = False  # a child finished its warm-up (set from the executor's thread)
         self._lost: set[int] = set()
-        self._liveness_at = 0.0
         self._failures: collections.deque[float] = collections.deque()  # monotonic times of failed passes
         self.egress = Egress(store, self.db, self.site_pauses)
         self.recorder = Recorder(store, self.db, self.counters, self.site_pauses, self.egress, stats=self.stats,
@@ -107,7 +105,7 @@ class Supervisor:
     async def run(self) -> None:
         self._loop = asyncio.get_running_loop()
         for i in range(self.cfg.download.workers):
-            self._add_slot(i)
+            self.pool.add(i, self.cfg.download, self.generation)
         await self._refresh(time.monotonic(), force=True)
         await self.hostwatch.first(self.cfg.download)
         self.started = True
@@ -141,8 +139,10 @@ class Supervisor:
         for slot in self.slots:
             self.counters.downloaded_bytes += slot.new_bytes()
             slot.enforce_limits(now)
+            if slot.unkillable(now):
+                await self._give_up(slot)
         await self._refresh(now)
-        self._maintain_slots()
+        self.pool.maintain(now, self.cfg.download, self.generation, stopping=self.stopping)
         self.hostwatch.tick(self.cfg.download, now)
         self.breaker.tick(now)
         if self.one_shot and not self.health.ok and not self.stopping:
@@ -191,24 +191,16 @@ class Supervisor:
 
     # -- children -------------------------------------------------------------------------------
 
-    def _add_slot(self, index: int) -> None:
-        slot = Slot(index)
-        self._start_slot(slot)
-        self.slots.append(slot)
+    @property
+    def slots(self) -> list[Slot]:
+        return self.pool.slots
 
-    def _start_slot(self, slot: Slot) -> None:
-        slot.start(self.cfg.download, self.generation)
-        assert slot.warm_future is not None
-        slot.warm_future.add_done_callback(self._on_warm)
-
-    def _on_warm(self, fut: Any) -> None:
-        """Runs on the executor's thread once a child has warmed up (or died trying)."""
-        if not fut.cancelled() and fut.exception() is None:
-            self._warmed = True
-        self._on_done(fut)  # ready for work: dispatch at once
+    @property
+    def breaker(self) -> CrashBreaker:
+        return self.pool.breaker
 
     def _on_done(self, _fut: Any) -> None:
-        """Runs on the executor's thread when a job ends: wake the loop to reap it at once."""
+        """Runs on an executor's thread when a job ends or a child is ready: wake the loop."""
         if self._loop is not None and not self._loop.is_closed():
             self._loop.call_soon_threadsafe(functools.partial(self.wake, claim=True))
 
@@ -227,72 +219,27 @@ class Supervisor:
                 if slot.kill_sent_at is not None:  # finished just as we killed it: the child is dying
                     slot.discard()
                 else:
-                    self._after_job(slot)
+                    self.pool.after_job(slot, self.cfg.download, self.generation)
             else:
-                signal_group(pid, signal.SIGKILL)  # an orphaned ffmpeg must not write on into the .part
-                slot.discard()  # rebuilt by _maintain_slots unless stopping or retiring
-                self.counters.worker_restarts += 1
+                self.pool.child_died(slot, pid)
             if job.row_id in self._lost:
                 self._lost.discard(job.row_id)
                 log.warning("job %s: lease lost to another daemon; result discarded", job.video_id)
                 continue
             if exc is not None:
-                outcome = self._lost_child(slot, reason, exc)
+                outcome = self.pool.lost_child(slot, reason, exc, self.cfg.download)
             if outcome.condition is not None:  # the host, not the row: pause; the row is handed back
                 self.hostwatch.job_fault(outcome.condition, outcome.error or "")
             await self._record(job, dataclasses.replace(outcome, files=files))
 
-    def _lost_child(self, slot: Slot, reason: str | None, exc: BaseException) -> Outcome:
-        """The outcome of a job whose child died: killed by us (stop, stall, timeout) or not."""
-        if reason == "daemon stopping":
-            return Outcome(False, error="daemon stopped", kind=None)  # handed back, not counted
-        if reason is not None:
-            kind = ErrorKind.TIMEOUT if "job_timeout" in reason else ErrorKind.STALLED
-            if kind is ErrorKind.STALLED:
-                self.counters.stalled_killed += 1
-            return Outcome(False, error=f"killed: {reason}", kind=kind)
-        self.breaker.death(self.cfg.download, time.monotonic())
-        log.warning("slot %d: child died (%s); its job will be retried", slot.index, exc)
-        return Outcome(False, error=f"worker child died: {exc}", kind=ErrorKind.CRASHED)
-
-    def _after_job(self, slot: Slot) -> None:
-        """Recycle a child between jobs when it has done enough or grown too big."""
-        d = self.cfg.download
-        rss = slot.rss()
-        if slot.jobs_done >= d.recycle_after_jobs or rss > d.recycle_rss:
-            log.info("slot %d: recycling child %d after %d jobs (RSS %d MiB)", slot.index, slot.pid,
-                     slot.jobs_done, rss >> 20)
-            slot.stop_child()
-            self._start_slot(slot)
-            self.counters.recycled += 1
-
-    def _maintain_slots(self) -> None:
-        for slot in list(self.slots):
-            if slot.retiring and not slot.busy:
-                slot.stop_child()
-                log.info("slot %d retired after reload", slot.index)
-                self.slots.remove(slot)
-        now = time.monotonic()
-        if self._warmed:
-            self._warmed = False
-            self.breaker.started()
-        check = now - self._liveness_at >= 1.0
-        if check:
-            self._liveness_at = now
-        d = self.cfg.download
-        for slot in self.slots:
-            warm = slot.warm_future
-            failed = warm is not None and warm.done() and not warm.cancelled() and warm.exception() is not None
-            if slot.executor is not None and not slot.busy and (failed or (check and slot.child_lost())):
-                if failed:
-                    self.breaker.start_failed(d, str(warm.exception() if warm else "") or "no reason given", now)
-                else:
-                    log.warning("slot %d: idle child %d died; restarting it", slot.index, slot.pid)
-                    self.breaker.death(d, now)
-                slot.discard()
-                self.counters.worker_restarts += 1
-            if slot.executor is None and not self.stopping and not slot.retiring and self.breaker.may_rebuild(now):
-                self._start_slot(slot)
+    async def _give_up(self, slot: Slot) -> None:
+        """The killed child outlives SIGKILL: record its job as the kill it was, now."""
+        job, _ = slot.take_result()
+        reason = self.pool.give_up(slot)
+        if job.row_id in self._lost:
+            self._lost.discard(job.row_id)
+            return
+        await self._record(job, self.pool.lost_child(slot, reason, None, self.cfg.download))
 
     # -- database side --------------------------------------------------------------------------
 
@@ -423,19 +370,11 @@ class Supervisor:
         """Switch to a validated config: new jobs use it, running jobs keep theirs."""
         self.cfg = new
         self.generation += 1
-        active = [s for s in self.slots if not s.retiring]
-        want = new.download.workers
-        for slot in active[want:]:
-            slot.retiring = True
-        next_index = max((s.index for s in self.slots), default=-1) + 1
-        for i in range(max(0, want - len(active))):
-            self._add_slot(next_index + i)
+        self.pool.resize(new.download.workers, new.download, self.generation)
         self.wake(claim=True)
 
     async def _shutdown(self) -> None:
-        pids = [s.pid for s in self.slots if s.pid]
-        for slot in self.slots:
-            slot.stop_child()
+        pids = self.pool.stop_all()
         await asyncio.get_running_loop().run_in_executor(None, reap_children, pids, self.cfg.download.kill_grace)
         try:
             while self.db_health.pending:

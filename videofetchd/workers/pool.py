@@ -1,0 +1,152 @@
+"""The worker slots and the lives of their children: start, warm-up, recycling, resizing, death.
+
+The supervisor decides what runs where and records what came of it; this module keeps the
+children that do the work alive and says what a child's end means for its job: a kill of ours
+(stall, timeout, stop) is that kill; any other death is a crash, counted by the crash breaker; a
+child that outlives SIGKILL is given up on (``stuck.py``); one still warming up after
+``stall_timeout`` has hung. Loop-only: executor threads only set a flag and wake the loop.
+"""
+
+from __future__ import annotations
+
+import logging
+import signal
+import time
+from collections.abc import Callable
+from concurrent.futures import Future
+from typing import Any
+
+from ..config import DownloadConfig
+from ..queue.jobs import ErrorKind, Outcome
+from .breaker import CrashBreaker
+from .health import Health
+from .recorder import Counters
+from .slots import Slot, signal_group
+from .stuck import Unkillable
+
+log = logging.getLogger("videofetchd.supervisor")
+WARM_HUNG_MIN_S = 10.0  #: a warm-up that takes longer than this (and stall_timeout) has hung
+LIVENESS_EVERY_S = 1.0  #: how often idle children are checked to be alive
+
+
+class Pool:
+    def __init__(self, *, counters: Counters, health: Health, wake: Callable[[Any], None]) -> None:
+        self.slots: list[Slot] = []
+        self.counters = counters
+        self.breaker = CrashBreaker(health)
+        self.unkillable = Unkillable(health)
+        self._wake = wake  # called on an executor's thread: must only schedule a loop pass
+        self._warmed = False  # a child finished its warm-up (set from the executor's thread)
+        self._checked_at = 0.0
+
+    # -- starting -------------------------------------------------------------------------------
+
+    def add(self, index: int, cfg: DownloadConfig, generation: int) -> None:
+        slot = Slot(index)
+        self.start(slot, cfg, generation)
+        self.slots.append(slot)
+
+    def start(self, slot: Slot, cfg: DownloadConfig, generation: int) -> None:
+        slot.start(cfg, generation)
+        assert slot.warm_future is not None
+        slot.warm_future.add_done_callback(self._on_warm)
+
+    def _on_warm(self, fut: Future[Any]) -> None:
+        """Runs on the executor's thread once a child has warmed up (or died trying)."""
+        if not fut.cancelled() and fut.exception() is None:
+            self._warmed = True
+        self._wake(fut)  # ready for work: dispatch at once
+
+    def resize(self, want: int, cfg: DownloadConfig, generation: int) -> None:
+        """Grow to ``want`` slots at once; shrink as slots go idle (they retire)."""
+        active = [s for s in self.slots if not s.retiring]
+        for slot in active[want:]:
+            slot.retiring = True
+        next_index = max((s.index for s in self.slots), default=-1) + 1
+        for i in range(max(0, want - len(active))):
+            self.add(next_index + i, cfg, generation)
+
+    # -- a job's end ------------------------------------------------------------------------------
+
+    def after_job(self, slot: Slot, cfg: DownloadConfig, generation: int) -> None:
+        """Recycle a child between jobs when it has done enough or grown too big."""
+        rss = slot.rss()
+        if slot.jobs_done >= cfg.recycle_after_jobs or rss > cfg.recycle_rss:
+            log.info("slot %d: recycling child %d after %d jobs (RSS %d MiB)", slot.index, slot.pid,
+                     slot.jobs_done, rss >> 20)
+            slot.stop_child()
+            self.start(slot, cfg, generation)
+            self.counters.recycled += 1
+
+    def child_died(self, slot: Slot, pid: int) -> None:
+        """The child of a finished job is gone: make sure nothing of its group writes on."""
+        signal_group(pid, signal.SIGKILL)  # an orphaned ffmpeg must not write on into the .part
+        slot.discard()  # rebuilt by maintain() unless stopping or retiring
+        self.counters.worker_restarts += 1
+
+    def give_up(self, slot: Slot) -> str:
+        """The killed child outlives SIGKILL: drop it without waiting for a death that may never
+        come, so the slot gets a new child (see stuck.py); returns the kill's reason."""
+        reason = slot.kill_reason or "killed"
+        self.unkillable.add(slot.pid, slot.index, reason)
+        slot.discard()
+        self.counters.worker_restarts += 1
+        return f"{reason}; the child outlived SIGKILL"
+
+    def lost_child(self, slot: Slot, reason: str | None, exc: BaseException | None, cfg: DownloadConfig) -> Outcome:
+        """The outcome of a job whose child died: killed by us (stop, stall, timeout) or not."""
+        if reason == "daemon stopping":
+            return Outcome(False, error="daemon stopped", kind=None)  # handed back, not counted
+        if reason is not None:
+            kind = ErrorKind.TIMEOUT if "job_timeout" in reason else ErrorKind.STALLED
+            if kind is ErrorKind.STALLED:
+                self.counters.stalled_killed += 1
+            return Outcome(False, error=f"killed: {reason}", kind=kind)
+        self.breaker.death(cfg, time.monotonic())
+        log.warning("slot %d: child died (%s); its job will be retried", slot.index, exc)
+        return Outcome(False, error=f"worker child died: {exc}", kind=ErrorKind.CRASHED)
+
+    # -- every pass -------------------------------------------------------------------------------
+
+    def maintain(self, now: float, cfg: DownloadConfig, generation: int, *, stopping: bool) -> None:
+        """Retire slots a reload removed, replace children that died idle or hung warming up, and
+        start children where a slot has none (unless no child can start just now)."""
+        for slot in [s for s in self.slots if s.retiring and not s.busy]:
+            slot.stop_child()
+            log.info("slot %d retired after reload", slot.index)
+            self.slots.remove(slot)
+        if self._warmed:
+            self._warmed = False
+            self.breaker.started()
+        check = now - self._checked_at >= LIVENESS_EVERY_S
+        if check:
+            self._checked_at = now
+            if self.unkillable.pids:
+                self.unkillable.tick()
+        warm_limit = max(WARM_HUNG_MIN_S, cfg.stall_timeout)
+        for slot in self.slots:
+            if slot.warm_hung(now, warm_limit):
+                log.warning("slot %d: child %d has been warming up for %.0fs; killing it", slot.index, slot.pid,
+                            now - (slot.warm_seen_at or now))
+                self.child_died(slot, slot.pid)
+                self.breaker.start_failed(cfg, f"warm-up hung for more than {warm_limit:g}s "
+                                               "(a cookie file or proxy on a hung mount?)", now)
+            warm = slot.warm_future
+            failed = warm is not None and warm.done() and not warm.cancelled() and warm.exception() is not None
+            if slot.executor is not None and not slot.busy and (failed or (check and slot.child_lost())):
+                if failed:
+                    self.breaker.start_failed(cfg, str(warm.exception() if warm else "") or "no reason given", now)
+                else:
+                    log.warning("slot %d: idle child %d died; restarting it", slot.index, slot.pid)
+                    self.breaker.death(cfg, now)
+                slot.discard()
+                self.counters.worker_restarts += 1
+            if slot.executor is None and not stopping and not slot.retiring and self.breaker.may_rebuild(now):
+                self.start(slot, cfg, generation)
+
+    def stop_all(self) -> list[int]:
+        """Ask every child to exit; returns their pids, for the caller to reap."""
+        pids = [s.pid for s in self.slots if s.pid]
+        for slot in self.slots:
+            slot.stop_child()
+        return pids
