@@ -94,8 +94,8 @@ def test_prometheus_scrapes_a_known_mix(tmp_path: Path) -> None:
                 wait_until(lambda: seen() == expected, timeout=30, interval=0.5,
                            message=f"Prometheus does not hold the expected values: {seen()}")
                 # it scraped while the work ran: busy workers, a stall clock that went up, bytes
-                assert prom.value('max_over_time(videofetchd_workers{state="busy"}[10m])') >= 1
-                assert (prom.value("max_over_time(videofetchd_worker_last_progress_age_seconds[10m])") or 0) >= 1.0
+                assert prom.value('max(max_over_time(videofetchd_workers{state="busy"}[10m]))') >= 1
+                assert (prom.value("max(max_over_time(videofetchd_worker_last_progress_age_seconds[10m]))") or 0) >= 1.0
                 assert (prom.value("videofetchd_downloaded_bytes_total") or 0) >= 5 * SIZE
                 assert (prom.value("videofetchd_job_duration_seconds_sum") or 0) > 4.0  # the stall alone: 4 s
                 scanned = prom.value("videofetchd_scan_last_success_timestamp_seconds")
