@@ -13,7 +13,7 @@ all: venv
 $(VENV)/.installed: setup.cfg pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
-	$(PY) -m pip install -q -e '.[postgres,test]'
+	$(PY) -m pip install -q -e '.[sites,postgres,test]'
 	touch $@
 
 venv: $(VENV)/.installed
@@ -55,7 +55,7 @@ bench: venv
 smoke:
 	rm -rf $(RUNDIR)/smoke
 	$(PYTHON) -m venv $(RUNDIR)/smoke
-	$(RUNDIR)/smoke/bin/python -m pip install -q '.[postgres]'
+	$(RUNDIR)/smoke/bin/python -m pip install -q '.[sites,postgres]'
 	$(RUNDIR)/smoke/bin/videofetchd --version
 	$(RUNDIR)/smoke/bin/videofetchctl --version
 	$(RUNDIR)/smoke/bin/python -m videofetchd --version
@@ -86,7 +86,7 @@ install:
 	echo "install: venv $$dest$$lib (python $$py)"; \
 	"$$py" -m venv --clear "$$dest$$lib"; \
 	if [ -n "$$dest" ]; then compile=--no-compile; else compile=; fi; \
-	"$$dest$$lib/bin/python" -m pip install -q --disable-pip-version-check $$compile '.[postgres]'; \
+	"$$dest$$lib/bin/python" -m pip install -q --disable-pip-version-check $$compile '.[sites,postgres]'; \
 	if [ -n "$$dest" ]; then \
 	  grep -rlIF -- "$$dest$$lib" "$$dest$$lib" | while IFS= read -r f; do \
 	    sed -i "s|$$dest$$lib|$$lib|g" "$$f"; done; \

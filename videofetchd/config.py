@@ -92,6 +92,11 @@ class DownloadConfig:
     allow_addresses: tuple[str, ...] = ()
     expand_playlists: bool = False  # a playlist URL queues its entries as rows (else it fails at once)
     ytdlp: dict[str, Any] = field(default_factory=dict)  # extra YoutubeDL params, passed through
+    #: yt-dlp's cache (player code, challenge solver results), shared by every child; empty = chosen
+    #: at load: $CACHE_DIRECTORY (systemd's CacheDirectory=), else "cache" next to a SQLite database,
+    #: else ~/.cache/videofetchd (see resolve_cache_dir)
+    cache_dir: str = ""
+    ytdlp_max_age_days: int = _int(90, minimum=0)  # the doctor warns about an older yt-dlp; 0 = never
     identities: tuple[Identity, ...] = ()  # egress identities with budgets; none = one implicit identity
 
     def identity(self, name: str | None) -> Identity | None:
@@ -188,6 +193,8 @@ def _validate(cfg: Config, loader: Loader) -> None:
         except ValueError:
             raise loader.error(f"download.allow_addresses[{i}]",
                                f"expected an address or CIDR range such as 192.168.1.0/24, got {cidr!r}") from None
+    if cfg.download.cache_dir and not os.path.isabs(cfg.download.cache_dir):
+        raise loader.error("download.cache_dir", f"expected an absolute path, got {cfg.download.cache_dir!r}")
     if "max_filesize" in cfg.download.ytdlp:
         # yt-dlp's option checks only a declared length, and its refusal looks like success
         raise loader.error("download.ytdlp.max_filesize", "use download.max_filesize, which counts the bytes "
@@ -261,12 +268,32 @@ def parse_database_url(url: str) -> tuple[str, dict[str, Any]]:
                         "password": unq(parts.password) if parts.password else None}
 
 
+def resolve_cache_dir(cfg: Config) -> str:
+    """Where yt-dlp's cache goes when ``download.cache_dir`` is empty: the unit's
+    ``CacheDirectory=`` ($CACHE_DIRECTORY), else ``cache`` next to a SQLite database (``make run``
+    puts it under its run directory that way), else ~/.cache/videofetchd (PostgreSQL, no unit)."""
+    if cfg.download.cache_dir:
+        return cfg.download.cache_dir
+    from_systemd = os.environ.get("CACHE_DIRECTORY", "").split(":")[0]
+    if from_systemd:
+        return from_systemd
+    backend, params = parse_database_url(cfg.database.url)
+    if backend == "sqlite" and params["path"] != ":memory:":
+        return os.path.join(os.path.dirname(os.path.abspath(params["path"])), "cache")
+    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return os.path.join(base, "videofetchd")
+
+
+def _with_cache_dir(cfg: Config) -> Config:
+    return dataclasses.replace(cfg, download=dataclasses.replace(cfg.download, cache_dir=resolve_cache_dir(cfg)))
+
+
 def from_dict(data: Any, source: str = "<config>") -> Config:
     loader = Loader(source)
     cfg: Config = loader.build(Config, data, "")
     cfg = dataclasses.replace(cfg, path=source)
     _validate(cfg, loader)
-    return cfg
+    return _with_cache_dir(cfg)
 
 
 def default_path() -> str:
@@ -293,7 +320,7 @@ def load(path: str | os.PathLike[str] | None = None, *, missing_ok: bool = False
         text = Path(path).read_text(encoding="utf-8")
     except FileNotFoundError:
         if missing_ok:
-            return dataclasses.replace(Config(), path=path)
+            return _with_cache_dir(dataclasses.replace(Config(), path=path))
         raise ConfigError(missing_config(explicit, path)) from None
     except (OSError, UnicodeDecodeError) as exc:
         raise ConfigError(f"{path}: cannot read: {exc}") from None
