@@ -152,6 +152,11 @@ class Config:
     logging: LoggingConfig = field(default_factory=LoggingConfig)
     path: str = field(default="", metadata={"internal": True})  # the file it came from
 
+    def __post_init__(self) -> None:
+        # an empty download.cache_dir is decided here, once, where the database URL is known
+        if not self.download.cache_dir:
+            object.__setattr__(self, "download", dataclasses.replace(self.download, cache_dir=resolve_cache_dir(self)))
+
     def node_name(self) -> str:
         return self.database.node_name or socket.gethostname()
 
@@ -272,20 +277,17 @@ def resolve_cache_dir(cfg: Config) -> str:
     """Where yt-dlp's cache goes when ``download.cache_dir`` is empty: the unit's
     ``CacheDirectory=`` ($CACHE_DIRECTORY), else ``cache`` next to a SQLite database (``make run``
     puts it under its run directory that way), else ~/.cache/videofetchd (PostgreSQL, no unit)."""
-    if cfg.download.cache_dir:
-        return cfg.download.cache_dir
     from_systemd = os.environ.get("CACHE_DIRECTORY", "").split(":")[0]
     if from_systemd:
         return from_systemd
-    backend, params = parse_database_url(cfg.database.url)
+    try:
+        backend, params = parse_database_url(cfg.database.url)
+    except ValueError:  # refused by the validation that follows
+        backend, params = "", {}
     if backend == "sqlite" and params["path"] != ":memory:":
         return os.path.join(os.path.dirname(os.path.abspath(params["path"])), "cache")
     base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
     return os.path.join(base, "videofetchd")
-
-
-def _with_cache_dir(cfg: Config) -> Config:
-    return dataclasses.replace(cfg, download=dataclasses.replace(cfg.download, cache_dir=resolve_cache_dir(cfg)))
 
 
 def from_dict(data: Any, source: str = "<config>") -> Config:
@@ -293,7 +295,7 @@ def from_dict(data: Any, source: str = "<config>") -> Config:
     cfg: Config = loader.build(Config, data, "")
     cfg = dataclasses.replace(cfg, path=source)
     _validate(cfg, loader)
-    return _with_cache_dir(cfg)
+    return cfg
 
 
 def default_path() -> str:
@@ -320,7 +322,7 @@ def load(path: str | os.PathLike[str] | None = None, *, missing_ok: bool = False
         text = Path(path).read_text(encoding="utf-8")
     except FileNotFoundError:
         if missing_ok:
-            return _with_cache_dir(dataclasses.replace(Config(), path=path))
+            return dataclasses.replace(Config(), path=path)
         raise ConfigError(missing_config(explicit, path)) from None
     except (OSError, UnicodeDecodeError) as exc:
         raise ConfigError(f"{path}: cannot read: {exc}") from None

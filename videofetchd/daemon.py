@@ -25,6 +25,8 @@ from .queue.store import Store, open_store, redact
 from .control import doctor
 from .workers.slots import pid_alive, remove_stale_tempdirs
 from .workers.supervisor import Supervisor
+from .workers import stack as stack_mod
+from .workers.upgrade import StackWatch, renew_forkserver
 from .control.systemd import Notifier, watchdog_period
 
 log = logging.getLogger(__name__)
@@ -53,6 +55,9 @@ class Daemon:
         self._nudged_at = 0.0
         self._nudge_due = False
         self.metrics: Any = None  # control.metrics.MetricsServer while metrics.listen is set
+        self.stack: dict[str, Any] = {}  # the yt-dlp stack installed, probed at start and after an upgrade
+        self.stack_watch = StackWatch()  # made right after the forkserver started: what it loaded
+        self._renewing = False
 
     async def run(self) -> int:
         loop = asyncio.get_running_loop()
@@ -103,6 +108,7 @@ class Daemon:
             log.info("videofetchd ready as %s with %d workers", node, len(sup.slots))
             self.notifier.ready(self._status_line())
             self._start_scan(self.cfg)
+            asyncio.create_task(self._probe_stack(), name="stack-probe")
             await self._main_loop(task)
         finally:
             for extra in (listener, self.scan_task):
@@ -146,6 +152,9 @@ class Daemon:
                 await self._handle_signal(self.signals.pop(0))
             now = time.monotonic()
             self._limit_scan_hold(now)
+            found = self.stack_watch.poll(now)
+            if found is not None and not self._renewing and not sup.stopping:
+                asyncio.create_task(self._renew(found), name="renew-forkserver")
             if period is not None and now >= next_ping:
                 # ping only while the supervisor loop is really turning
                 if sup.healthy(now):
@@ -186,6 +195,7 @@ class Daemon:
             log.info("reload ignored: stopping")
             return {"ok": False, "error": "daemon is stopping"}
         self.notifier.reloading()
+        self.stack_watch.force()  # a yt-dlp upgraded on disk is taken up now, too
         before = sup.state
         sup.state = "reloading"
         try:
@@ -215,6 +225,40 @@ class Daemon:
         if new.scan.directories != old.scan.directories:
             self._start_scan(new)
         return {"ok": True, "generation": self.info.generation, "restart_required": restart}
+
+    async def _probe_stack(self) -> None:
+        """What a child started now would run (a subprocess: the daemon never loads yt-dlp)."""
+        loop = asyncio.get_running_loop()
+        found = await loop.run_in_executor(None, stack_mod.probe_in_subprocess,
+                                           self.cfg.download.ytdlp_params(None))
+        self.stack = found
+        runtime = found.get("js_runtime") or {}
+        trouble = [x for x in (found.get("error"), runtime.get("error"),
+                               None if found.get("ffmpeg") else "no ffmpeg: merges and audio extraction fail",
+                               None if found.get("ejs") == found.get("ejs_expected") else
+                               f"yt-dlp-ejs {found.get('ejs') or 'missing'}, "
+                               f"yt-dlp expects {found.get('ejs_expected')}")
+                   if x]
+        (log.warning if trouble else log.info)("yt-dlp stack: %s%s", stack_mod.summary(found),
+                                               f" ({'; '.join(trouble)}; see videofetchd --check)" if trouble else "")
+
+    async def _renew(self, found: dict[str, str]) -> None:
+        """A new yt-dlp is installed: a new forkserver loads it; idle children are recycled."""
+        self._renewing = True
+        try:
+            before = self.stack.get("installed") or {}
+            log.info("yt-dlp stack changed on disk (%s): starting a new forkserver; children are recycled as "
+                     "they go idle, running jobs finish first", ", ".join(
+                         f"{k} {before.get(k) or '-'} -> {v or '-'}" for k, v in found.items() if before.get(k) != v))
+            loop = asyncio.get_running_loop()
+            await loop.run_in_executor(None, renew_forkserver)
+            if self.sup is not None:
+                self.sup.wake()
+            await self._probe_stack()
+        except Exception:  # noqa: BLE001 - the old children go on working
+            log.exception("could not start a forkserver for the new yt-dlp; the old one goes on")
+        finally:
+            self._renewing = False
 
     def _start_scan(self, cfg: Config) -> None:
         """Scan ``scan.directories`` in the background (start-up, and reloads that change them)."""
@@ -323,7 +367,7 @@ class Daemon:
 
     async def _cmd_status(self, _req: dict[str, Any]) -> dict[str, Any]:
         assert self.sup is not None
-        return snapshot(self.sup, self.info, self.scan_status)
+        return snapshot(self.sup, self.info, self.scan_status, self.stack)
 
     async def _cmd_ping(self, _req: dict[str, Any]) -> dict[str, Any]:
         return {"ok": True, "pid": os.getpid()}

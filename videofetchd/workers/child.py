@@ -136,11 +136,12 @@ def _downloader_for(cfg: DownloadConfig, generation: int, identity: str | None) 
     return found
 
 
-def warm(cfg: DownloadConfig, generation: int) -> int:
+def warm(cfg: DownloadConfig, generation: int) -> dict[str, Any]:
     """Build the YoutubeDL of this generation (first identity; the others on first use) before the
-    first job arrives; returns the pid."""
+    first job arrives; returns the pid and the yt-dlp version the child runs (for status)."""
+    from .stack import loaded_version
     _downloader_for(cfg, generation, cfg.identities[0].name if cfg.identities else None)
-    return os.getpid()
+    return {"pid": os.getpid(), "ytdlp": loaded_version()}
 
 
 def run_job(job: Job, cfg: DownloadConfig, generation: int) -> Outcome:

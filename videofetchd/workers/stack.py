@@ -28,7 +28,8 @@ DISTS = ("yt-dlp", "yt-dlp-ejs", "deno")
 #: YoutubeDL params that decide which runtime and ffmpeg are found (the rest do not matter here)
 PROBE_PARAMS = ("js_runtimes", "ffmpeg_location", "extractor_args", "remote_components")
 #: evaluated after the solver scripts: proves they loaded and that the runtime computes
-JS_PROBE = "console.log(JSON.stringify({jsc: typeof jsc, answer: [1, 2, 3, 4].map(x => x * x).reduce((a, b) => a + b)}));"
+JS_PROBE = ("console.log(JSON.stringify({jsc: typeof jsc, "
+            "answer: [1, 2, 3, 4].map(x => x * x).reduce((a, b) => a + b)}));")
 JS_EXPECTED = {"jsc": "function", "answer": 30}
 PROBE_TIMEOUT_S = 60.0
 
