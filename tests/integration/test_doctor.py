@@ -52,6 +52,12 @@ def test_a_good_set_up_is_all_ok(tmp_path: Path) -> None:
     assert code == 0 and list(found) == NAMES, found
     assert all(c["status"] == "ok" for c in found.values()), found
     assert "does not exist yet; it is created at start" in found["database"]["detail"]
+    # the yt-dlp stack of the test venv (the sites extra) and the distribution's ffmpeg
+    venv_bin = os.path.dirname(vfd.PY)
+    assert found["js_runtime"]["detail"].startswith("deno ") and f"({venv_bin}/deno)" in found["js_runtime"]["detail"]
+    assert "runs yt-dlp's challenge solver scripts" in found["js_runtime"]["detail"]
+    assert "the version yt-dlp" in found["ytdlp_ejs"]["detail"] and "days old" in found["ytdlp"]["detail"]
+    assert "/ffmpeg)" in found["ffmpeg"]["detail"] and "/ffprobe)" in found["ffprobe"]["detail"]
     # nothing was created by looking
     assert not (tmp_path / "queue.db").exists() and not (tmp_path / "videos").exists()
     human = doctor("--config", str(cfg))
@@ -162,3 +168,36 @@ def test_the_daemon_starts_paused_when_the_directory_check_fails(tmp_path: Path)
         assert d.stop() == 0
     log = d.log_path.read_text()
     assert "start-up checks: config ok, database ok, download_directory error (" in log, log
+
+
+def test_without_ffmpeg_on_path_merges_are_warned_about(tmp_path: Path) -> None:
+    empty = tmp_path / "bin"
+    empty.mkdir()
+    r = doctor("--config", str(config(tmp_path, download={"min_free_space": "1MiB"})), "--json",
+               env={"PATH": str(empty)})
+    found = {c["name"]: c for c in json.loads(r.stdout)["checks"]}
+    for name in ("ffmpeg", "ffprobe"):
+        assert found[name]["status"] == "warning", found[name]
+        assert "merging separate video and audio (best quality) and audio extraction will fail" in found[name]["detail"]
+    # deno is found next to the venv's Python, not on PATH, and still runs JavaScript
+    assert found["js_runtime"]["status"] == "ok", found["js_runtime"]
+    assert r.returncode == 0  # warnings only
+
+
+def test_a_venv_without_deno_is_an_error(tmp_path: Path) -> None:
+    """A venv of its own (no deno in its bin/) that borrows the test venv's packages; PATH has none."""
+    import sysconfig
+    venv = tmp_path / "venv"
+    subprocess.run([vfd.PY, "-m", "venv", "--without-pip", str(venv)], check=True)
+    site = next((venv / "lib").glob("python3*/site-packages"))
+    (site / "zz-test-venv.pth").write_text(f"import site; site.addsitedir({sysconfig.get_paths()['purelib']!r})\n")
+    assert not (venv / "bin" / "deno").exists()
+    cfg = config(tmp_path, download={"min_free_space": "1MiB"})
+    r = subprocess.run([str(venv / "bin" / "python"), "-m", "videofetchd", "--check", "--json", "--config", str(cfg)],
+                       capture_output=True, text=True, timeout=120,
+                       env={"PATH": "/usr/bin:/bin", "HOME": str(tmp_path)})
+    found = {c["name"]: c for c in json.loads(r.stdout)["checks"]}
+    assert r.returncode == 1
+    assert found["js_runtime"]["status"] == "error", found["js_runtime"]
+    assert "no usable JavaScript runtime (enabled in download.ytdlp.js_runtimes: deno)" in found["js_runtime"]["detail"]
+    assert found["ytdlp"]["status"] == "ok" and found["ffmpeg"]["status"] == "ok"
