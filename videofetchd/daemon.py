@@ -229,16 +229,20 @@ class Daemon:
     async def _probe_stack(self) -> None:
         """What a child started now would run (a subprocess: the daemon never loads yt-dlp)."""
         loop = asyncio.get_running_loop()
-        found = await loop.run_in_executor(None, stack_mod.probe_in_subprocess,
-                                           self.cfg.download.ytdlp_params(None))
+        done: asyncio.Future[Any] = loop.create_future()
+        params = self.cfg.download.ytdlp_params(None)
+
+        def work() -> None:  # a daemon thread, not an executor: it must not hold up the daemon's exit
+            result = stack_mod.probe_in_subprocess(params)
+            try:
+                loop.call_soon_threadsafe(_settle, done, result, None)
+            except RuntimeError:
+                pass  # the loop is gone: the daemon has exited
+
+        threading.Thread(target=work, name="stack-probe", daemon=True).start()
+        found = await done
         self.stack = found
-        runtime = found.get("js_runtime") or {}
-        trouble = [x for x in (found.get("error"), runtime.get("error"),
-                               None if found.get("ffmpeg") else "no ffmpeg: merges and audio extraction fail",
-                               None if found.get("ejs") == found.get("ejs_expected") else
-                               f"yt-dlp-ejs {found.get('ejs') or 'missing'}, "
-                               f"yt-dlp expects {found.get('ejs_expected')}")
-                   if x]
+        trouble = stack_mod.troubles(found)
         (log.warning if trouble else log.info)("yt-dlp stack: %s%s", stack_mod.summary(found),
                                                f" ({'; '.join(trouble)}; see videofetchd --check)" if trouble else "")
 

@@ -34,7 +34,8 @@ def test_deno_runs_javascript_for_ytdlp_inside_the_units_sandbox(installed: nspa
         assert r.returncode == 0, r.stderr
         report = c.path(REPORT).read_text()
         found = {x["name"]: x for x in json.loads(report)["checks"]}
-        nspawn.log("doctor inside the sandbox: " + "; ".join(f"{n} {x['status']}" for n, x in found.items()))
+        nspawn.log("doctor inside the sandbox:\n" + "\n".join(f"  {x['status']:<8} {n:<18} {x['detail']}"
+                                                              for n, x in found.items()))
         runtime = found["js_runtime"]
         assert runtime["status"] == "ok", runtime
         assert runtime["detail"].startswith("deno ") and f"({VENV}/bin/deno)" in runtime["detail"], runtime
@@ -46,6 +47,15 @@ def test_deno_runs_javascript_for_ytdlp_inside_the_units_sandbox(installed: nspa
         # the daemon's own probe, for status, ran in the same sandbox
         st = nspawn.wait_for(lambda: _stack(c), 60, "the daemon's stack probe")
         assert st["js_runtime"] == "deno" and st["ytdlp"] and st["ejs"] == st["ejs_expected"], st
+        # the check is no formality: with the one hardening option the unit leaves out on purpose
+        # (V8's JIT needs writable and executable memory), the same check fails
+        c.C("systemctl", "stop", UNIT, timeout=120)
+        c.write(DROPIN, c.path(DROPIN).read_text() + "MemoryDenyWriteExecute=yes\n")
+        c.C("systemctl", "daemon-reload")
+        c.C("systemctl", "start", UNIT, check=False, timeout=180)
+        denied = {x["name"]: x for x in json.loads(c.path(REPORT).read_text())["checks"]}["js_runtime"]
+        nspawn.log(f"with MemoryDenyWriteExecute=yes: js_runtime {denied['status']}: {denied['detail'][:300]}")
+        assert denied["status"] == "error" and "cannot run yt-dlp's challenge solver" in denied["detail"], denied
     finally:
         c.C("systemctl", "stop", UNIT, check=False, timeout=120)
         c.path(DROPIN).unlink(missing_ok=True)

@@ -193,6 +193,17 @@ def summary(found: dict[str, Any]) -> str:
     return ", ".join(parts)
 
 
+def troubles(found: dict[str, Any]) -> list[str]:
+    """What would make real sites fail, in a few words each (the daemon's log line)."""
+    runtime = found.get("js_runtime") or {}
+    found_ejs, expected = found.get("ejs"), found.get("ejs_expected")
+    return [x for x in (found.get("error"), runtime.get("error"),
+                        None if found.get("ffmpeg") else "no ffmpeg: merges and audio extraction fail",
+                        None if found_ejs == expected else
+                        f"yt-dlp-ejs {found_ejs or 'missing'}, yt-dlp expects {expected}")
+            if x]
+
+
 def main() -> int:
     """``python -m videofetchd.workers.stack [--no-eval]``: YoutubeDL params as JSON on stdin."""
     text = sys.stdin.read() if not sys.stdin.isatty() else ""
