@@ -64,6 +64,21 @@ def test_deno_runs_javascript_for_ytdlp_inside_the_units_sandbox(installed: nspa
         write_config(c, original)
 
 
+def test_the_upgrade_timer_is_installed_not_enabled(installed: nspawn.Container) -> None:
+    c = installed
+    for unit in ("videofetchd-upgrade.service", "videofetchd-upgrade.timer"):
+        path = f"/etc/systemd/system/{unit}"
+        text = c.path(path).read_text()
+        assert "@LIBDIR@" not in text and "@DOCDIR@" not in text, text
+        r = c.C("systemd-analyze", "verify", path, check=False)
+        assert r.returncode == 0 and not r.stderr.strip(), r.stderr
+        # the timer is the one to enable; the service has no [Install] of its own (static)
+        expected = "disabled" if unit.endswith(".timer") else "static"
+        assert c.C("systemctl", "is-enabled", unit, check=False).stdout.strip() == expected, unit
+    service = c.path("/etc/systemd/system/videofetchd-upgrade.service").read_text()
+    assert f"ExecStart={VENV}/bin/python -m pip install" in service
+
+
 def _stack(c: nspawn.Container) -> dict[str, object] | None:
     r = c.C("videofetchctl", "status", "--json", check=False, timeout=30)
     if r.returncode != 0:
