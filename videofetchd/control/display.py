@@ -226,10 +226,10 @@ def format_status(st: dict[str, Any], width: int | None = None, height: int | No
             lines.append(fit(f"last reload FAILED: {printable(cfg['last_reload_error'])}", w))
         if cfg.get("restart_required"):
             lines.append(fit("changed keys that need a restart: " + ", ".join(cfg["restart_required"]), w))
-    lines.extend(fit(x, w) for x in format_stack(st.get("stack"), st.get("workers") or []))
     db = st.get("database") or {}
     if db.get("url"):
         lines.append(fit(f"database: {printable(db['url'])}", w))
+    lines.extend(fit(x, w) for x in format_stack(st.get("stack"), st.get("workers") or []))
     if db and not db.get("ok", True):
         lines.append(fit(f"database UNAVAILABLE: {printable(db.get('error'))} "
                          f"({db.get('pending_results', 0)} results held)", w))
