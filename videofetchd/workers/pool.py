@@ -41,10 +41,36 @@ class Pool:
 
     # -- starting -------------------------------------------------------------------------------
 
-    def add(self, index: int, cfg: DownloadConfig, generation: int) -> None:
+    def add(self, index: int, cfg: DownloadConfig, generation: int, *, start: bool = True) -> None:
         slot = Slot(index)
-        self.start(slot, cfg, generation)
+        if start:
+            self.start(slot, cfg, generation)
+        else:
+            slot.dormant = True
         self.slots.append(slot)
+
+    def start_first(self, cfg: DownloadConfig, generation: int) -> None:
+        """Start one child; the other slots stay dormant until ``grow`` wakes them, one per loop
+        pass. A child's start blocks until the forkserver has loaded yt-dlp, and each costs a
+        fork: the first job goes out as soon as one child is ready, not after the last one has
+        started, and a one-shot run of three rows starts three children, not ``workers``."""
+        for i in range(cfg.workers):
+            self.add(i, cfg, generation, start=i == 0)
+
+    def grow(self, cfg: DownloadConfig, generation: int, *, rows_waiting: bool | None) -> None:
+        """Wake one dormant slot once every child is up (none still starting: children that
+        cannot start do not pile up). ``rows_waiting`` None: always (the daemon keeps every child
+        ready for the next row); else only while rows wait and no child is idle (a one-shot run)."""
+        dormant = [s for s in self.slots if s.dormant and not s.retiring]
+        if not dormant or rows_waiting is False:
+            return
+        for s in self.slots:
+            if s.dormant or s.retiring:
+                continue
+            if s.executor is None or not (s.ready or s.busy) or (rows_waiting is not None and s.ready):
+                return  # starting or restarting; or idle, in a one-shot run
+        dormant[0].dormant = False
+        self.start(dormant[0], cfg, generation)
 
     def start(self, slot: Slot, cfg: DownloadConfig, generation: int) -> None:
         slot.start(cfg, generation)
@@ -58,13 +84,14 @@ class Pool:
         self._wake(fut)  # ready for work: dispatch at once
 
     def resize(self, want: int, cfg: DownloadConfig, generation: int) -> None:
-        """Grow to ``want`` slots at once; shrink as slots go idle (they retire)."""
+        """Add dormant slots up to ``want`` (``grow`` starts them as work asks); shrink as slots
+        go idle (they retire)."""
         active = [s for s in self.slots if not s.retiring]
         for slot in active[want:]:
             slot.retiring = True
         next_index = max((s.index for s in self.slots), default=-1) + 1
         for i in range(max(0, want - len(active))):
-            self.add(next_index + i, cfg, generation)
+            self.add(next_index + i, cfg, generation, start=False)
 
     # -- a job's end ------------------------------------------------------------------------------
 
@@ -111,7 +138,7 @@ class Pool:
     def maintain(self, now: float, cfg: DownloadConfig, generation: int, *, stopping: bool) -> None:
         """Retire slots a reload removed, replace children that died idle or hung warming up, and
         start children where a slot has none (unless no child can start just now)."""
-        for slot in [s for s in self.slots if s.retiring and not s.busy]:
+        for slot in [s for s in self.slots if s.retiring and not s.busy]:  # (dormant ones too)
             slot.stop_child()
             log.info("slot %d retired after reload", slot.index)
             self.slots.remove(slot)
@@ -141,7 +168,8 @@ class Pool:
                     self.breaker.death(cfg, now)
                 slot.discard()
                 self.counters.worker_restarts += 1
-            if slot.executor is None and not stopping and not slot.retiring and self.breaker.may_rebuild(now):
+            if (slot.executor is None and not slot.dormant and not stopping and not slot.retiring
+                    and self.breaker.may_rebuild(now)):
                 self.start(slot, cfg, generation)
 
     def stop_all(self) -> list[int]:
