@@ -167,7 +167,8 @@ def prebuild(cfg: DownloadConfig, extractor_key: str | None = None) -> None:
     downloader = _build(cfg, _NoReporter(), _first_identity(cfg))
     if extractor_key is not None:
         downloader.expect(cfg.url_template, extractor_key)
-    downloader.warm()
+    from .warmup import warm_downloader
+    warm_downloader(downloader)
     _prebuilt = (cfg, downloader)
 
 

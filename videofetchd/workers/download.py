@@ -14,11 +14,8 @@ connection against ``download.allow_addresses``.
 
 from __future__ import annotations
 
-import hashlib
-import json
 import os
 import re
-import threading
 import urllib.parse
 from typing import Any, Protocol
 
@@ -34,7 +31,7 @@ from ..queue.jobs import (PHASE_EXTRACTING, PHASE_IDLE, PHASE_POSTPROCESSING, Er
 #: YoutubeDL params videofetchd sets itself; ``download.ytdlp`` may not override them
 RESERVED_PARAMS = frozenset({"progress_hooks", "postprocessor_hooks", "logger", "paths", "outtmpl",
                              "noplaylist", "quiet", "noprogress", "progress_with_newline", "extract_flat",
-                             "enable_file_urls", "max_filesize"})
+                             "enable_file_urls", "max_filesize", "progress_delta"})
 MAX_URL_HOPS = 10  #: extractors handing a URL on to the next (redirects, embeds) before we give up
 
 
@@ -100,6 +97,9 @@ class Downloader:
             # a playlist's entries are listed, not resolved, until we decide what to do with it
             "extract_flat": "in_playlist",
             "enable_file_urls": False,  # an extractor's file:// format URL would copy a local file
+            # yt-dlp formats a console progress line for every progress event even when quiet and
+            # noprogress (~1.5 ms per small file); nobody reads a daemon child's console
+            "progress_delta": 3600,
         })
         chosen = params.get("external_downloader")  # the user's own choice: str or {protocol: name}
         programs = [chosen] if isinstance(chosen, str) else list(chosen.values()) if isinstance(chosen, dict) else []
@@ -112,33 +112,12 @@ class Downloader:
         if not policy.open:
             # libcurl (browser impersonation) connects below Python, out of the checker's sight
             self.ydl._request_director.handlers.pop("CurlCFFI", None)
+        if not self.ydl.params.get("forceprint") and not self.ydl.params.get("print_to_file"):
+            # with nothing to --print, yt-dlp still builds the file name and renders four tables
+            # at each of seven stages of every video (~1/3 of a small file's CPU)
+            self.ydl._forceprint = _nothing_to_print
         self.ydl.cookiejar  # noqa: B018 - loaded at warm-up: a bad (or hung) cookie file shows now, not per job
         self._ie_by_shape: dict[str, str] = {}  # URL with the ID cut out -> extractor that took it
-
-    def warm(self) -> None:
-        """Do now, in the forkserver, what the first job would do lazily in every child: ask
-        ffmpeg its version (a subprocess, ~50 ms; yt-dlp caches it per class) and build each
-        HTTP handler's opener with its TLS context (loading the CA certificates, ~60 ms). Best
-        effort: these are yt-dlp's internals, and a change in them costs speed, never a job."""
-        from yt_dlp.networking import Request
-        from yt_dlp.postprocessor import FFmpegMergerPP
-        try:
-            FFmpegMergerPP(self.ydl).available  # noqa: B018 - runs and caches the version check
-            # format selection and file naming compile their patterns on first use (~30 ms)
-            self.ydl.process_ie_result(dict(_WARM_INFO), download=False)
-        except Exception:  # noqa: BLE001
-            pass
-        request = Request("http://warm-up.invalid/")
-        for handler in self.ydl._request_director.handlers.values():
-            try:
-                keys: dict[str, Any] = {"cookiejar": handler._get_cookiejar(request), "legacy_ssl_support": None}
-                if handler.RH_KEY == "Urllib":
-                    keys["proxies"] = handler._get_proxies(request)
-                elif handler.RH_KEY != "Requests":
-                    continue
-                handler._get_instance(**keys)
-            except Exception:  # noqa: BLE001
-                continue
 
     def expect(self, url_template: str, extractor_key: str) -> None:
         """URLs made from ``url_template`` go to this extractor (found in the forkserver)."""
@@ -299,6 +278,11 @@ class Downloader:
         return Outcome(True, file_path=path, file_size=size, extractor=info.get("extractor_key"))
 
 
+def _nothing_to_print(key: str, info_dict: dict[str, Any] | None) -> dict[str, Any] | None:
+    """``YoutubeDL._forceprint`` when nothing is to be printed: the copy its caller reads."""
+    return dict(info_dict) if info_dict is not None else None
+
+
 def _entry_url(entry: Any, playlist_url: str) -> str | None:
     """The URL to queue for one flat playlist entry, or None when it has no usable one."""
     if not isinstance(entry, dict):
@@ -348,93 +332,6 @@ def _http_status(exc: DownloadError) -> int | None:
 
 def _failure(message: str, http_status: int | None = None) -> Outcome:
     return Outcome(False, error=message, kind=classify(message, http_status))
-
-
-#: a made-up video that ``Downloader.warm`` runs through format selection (nothing is downloaded)
-_WARM_INFO = {"id": "warmup", "title": "warm-up", "ext": "mp4", "url": "http://warm-up.invalid/warmup.mp4",
-              "extractor": "generic", "extractor_key": "Generic", "webpage_url": "http://warm-up.invalid/warmup"}
-
-
-def probe_ffmpeg(location: str | None) -> threading.Thread:
-    """Ask ffmpeg and ffprobe their versions on a thread (two subprocesses, ~100 ms of waiting),
-    while the caller compiles patterns; yt-dlp caches the answers per class, so every child
-    forked afterwards knows them. Join the thread before forking."""
-    from yt_dlp.postprocessor.ffmpeg import FFmpegPostProcessor
-
-    def probe() -> None:
-        try:
-            FFmpegPostProcessor._ffmpeg_location.set(location)  # this thread's own context
-            pp = FFmpegPostProcessor()
-            pp._version, pp._probe_version  # noqa: B018 - cached properties: run the checks
-        except Exception:  # noqa: BLE001 - best effort: the first job asks again
-            pass
-
-    thread = threading.Thread(target=probe, name="ffmpeg-probe", daemon=True)
-    thread.start()
-    return thread
-
-
-SAMPLE_ID = "a1B2c3D4e5F"  #: an ID shaped like most sites' (YouTube's 11 characters among them)
-
-
-def warm_imports(url_template: str | None = None, cache_dir: str | None = None) -> str | None:
-    """Load and compile what the first job would otherwise load lazily, so that children forked
-    afterwards start warm; returns the extractor that takes ``url_template``'s URLs (None when
-    not asked). That takes every extractor's URL pattern compiled (~0.25 s of CPU, the bulk of
-    yt-dlp's own start) to learn that none but the generic one fits; the answer is kept in
-    ``cache_dir`` under yt-dlp's version and extractor list, so a later start only imports the
-    module of that one extractor (the generic one imports YouTube's: ~0.2 s). A child that meets
-    a URL of another shape compiles the patterns itself, as plain yt-dlp would."""
-    from yt_dlp.extractor import gen_extractor_classes
-    classes = gen_extractor_classes()
-    sample = url_template.replace("{id}", SAMPLE_ID) if url_template else None
-    cache = _ExtractorCache(cache_dir, classes) if sample and cache_dir else None
-    key = cache.get(url_template) if cache is not None and url_template else None
-    if key is None:
-        for ie in classes:
-            ie.suitable("http://warm-up.invalid/")
-        if sample is not None:
-            key = next((ie.ie_key() for ie in classes if ie.suitable(sample)), None)
-            if cache is not None and key is not None and url_template:
-                cache.put(url_template, key)
-    for ie in classes:
-        if ie.ie_key() == (key or "Generic"):
-            getattr(ie, "real_class", ie)  # a lazy extractor imports its module here
-    return key
-
-
-class _ExtractorCache:
-    """url_template -> extractor key, valid for one yt-dlp version and extractor list (plugins
-    add extractors). One small JSON file, replaced atomically; any trouble is a cache miss."""
-
-    def __init__(self, directory: str, classes: list[Any]) -> None:
-        names = ",".join(ie.ie_key() for ie in classes)
-        self.path = os.path.join(directory, "extractors.json")
-        self.stamp = f"{yt_dlp.version.__version__}:{hashlib.sha256(names.encode()).hexdigest()[:16]}"
-
-    def _load(self) -> dict[str, Any]:
-        try:
-            with open(self.path, encoding="utf-8") as f:
-                data = json.load(f)
-        except (OSError, ValueError):
-            return {}
-        ok = isinstance(data, dict) and data.get("stamp") == self.stamp and isinstance(data.get("templates"), dict)
-        return data["templates"] if ok else {}
-
-    def get(self, url_template: str) -> str | None:
-        key = self._load().get(url_template)
-        return key if isinstance(key, str) else None
-
-    def put(self, url_template: str, key: str) -> None:
-        templates = {**self._load(), url_template: key}
-        try:
-            os.makedirs(os.path.dirname(self.path), exist_ok=True)
-            tmp = f"{self.path}.{os.getpid()}.tmp"
-            with open(tmp, "w", encoding="utf-8") as f:
-                json.dump({"stamp": self.stamp, "templates": dict(list(templates.items())[-64:])}, f)
-            os.replace(tmp, self.path)
-        except OSError:
-            pass  # a read-only or full cache directory costs the next start 0.25 s, nothing else
 
 
 def offline_id(url: str) -> str | None:

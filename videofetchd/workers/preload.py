@@ -15,7 +15,7 @@ import base64
 import os
 import pickle
 
-from . import child, download
+from . import child, download, warmup  # noqa: F401  (download: loaded here for the children)
 from ..config import DownloadConfig
 
 
@@ -40,8 +40,8 @@ def _cache_dir() -> str:
 
 _cfg = _config()
 _location = _cfg.ytdlp.get("ffmpeg_location") if _cfg is not None else None
-_prober = download.probe_ffmpeg(_location if isinstance(_location, str) else None)
-_key = download.warm_imports(_cfg.url_template if _cfg is not None else None, _cache_dir())
+_prober = warmup.probe_ffmpeg(_location if isinstance(_location, str) else None)
+_key = warmup.warm_imports(_cfg.url_template if _cfg is not None else None, _cache_dir())
 _prober.join(timeout=10.0)
 if _cfg is not None:
     try:
