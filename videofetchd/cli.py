@@ -47,7 +47,7 @@ def main(argv: list[str] | None = None) -> int:
         # the socket directory are never world-readable, with or without the unit's UMask=
         os.umask(config_mod.PRIVATE_UMASK)
         from .workers.slots import start_forkserver
-        start_forkserver()  # its yt-dlp preload overlaps our imports and the database opening
+        start_forkserver(cfg.download)  # its yt-dlp preload overlaps our imports and the database opening
         from .daemon import Daemon  # imported late: --check-config must not need the database driver
         return asyncio.run(Daemon(cfg).run())
     except VideofetchdError as exc:

@@ -221,7 +221,7 @@ def cmd_fetch(args: argparse.Namespace, cfg: config_mod.Config, out: TextIO) -> 
     import os
     os.umask(config_mod.PRIVATE_UMASK)  # before the forkserver, whose children write the videos (see cli.main)
     from .workers.slots import start_forkserver
-    start_forkserver()  # first: its yt-dlp preload overlaps the imports below
+    start_forkserver(cfg.download)  # first: its yt-dlp preload overlaps the imports below
     import asyncio
 
     from .fetch import run_fetch

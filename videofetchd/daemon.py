@@ -255,7 +255,7 @@ class Daemon:
                      "they go idle, running jobs finish first", ", ".join(
                          f"{k} {before.get(k) or '-'} -> {v or '-'}" for k, v in found.items() if before.get(k) != v))
             loop = asyncio.get_running_loop()
-            await loop.run_in_executor(None, renew_forkserver)
+            await loop.run_in_executor(None, renew_forkserver, self.cfg.download)
             if self.sup is not None:
                 self.sup.wake()
             await self._probe_stack()

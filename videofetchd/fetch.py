@@ -22,18 +22,19 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, TextIO
+from typing import TYPE_CHECKING, Any, TextIO
 
 from . import config as config_mod
 from .config import Config
-from .control.display import LiveBlock, format_workers, human_bytes, human_duration, terminal_size
-from .control.server import ConfigInfo, snapshot
 from .queue.store import open_store
 from .errors import HostFault
 from .text import printable
 from .workers.health import WORKERS_CANNOT_START
-from .workers.slots import remove_stale_tempdirs
+from .workers.slots import remove_stale_tempdirs, start_forkserver
 from .workers.supervisor import Supervisor
+
+if TYPE_CHECKING:
+    from .control.display import LiveBlock
 
 log = logging.getLogger(__name__)
 REDRAW_S = 0.5
@@ -97,6 +98,7 @@ async def _run_fetch(cfg: Config, *, num_workers: int | None, existing_videos_di
         _check_workers(num_workers)
         cfg = dataclasses.replace(cfg, download=dataclasses.replace(cfg.download, workers=num_workers))
     _refuse_in_a_worker()
+    start_forkserver(cfg.download)  # (already running when called by videofetchctl fetch)
     for path in remove_stale_tempdirs():
         log.info("removed %s, left behind by a process that was killed", path)
     loop = asyncio.get_running_loop()
@@ -120,7 +122,10 @@ async def _run_fetch(cfg: Config, *, num_workers: int | None, existing_videos_di
     for sig, quick in handlers.items():
         loop.add_signal_handler(sig, functools.partial(sup.request_stop, quick=quick))
     task = asyncio.create_task(sup.run())
-    block = LiveBlock(live) if live is not None else None
+    block = None
+    if live is not None:  # the live view's modules only for a terminal: a plain run starts sooner
+        from .control.display import LiveBlock
+        block = LiveBlock(live)
     drawer = asyncio.create_task(_draw(sup, cfg, block)) if block is not None else None
     try:
         with _logs_above(block):
@@ -152,6 +157,8 @@ async def _run_fetch(cfg: Config, *, num_workers: int | None, existing_videos_di
 
 def _view(sup: Supervisor, cfg: Config, block: LiveBlock) -> list[str]:
     """The live view: a totals line, then one line per worker, fitting the terminal's width."""
+    from .control.display import format_workers, human_bytes, human_duration, terminal_size
+    from .control.server import ConfigInfo, snapshot
     st = snapshot(sup, ConfigInfo(path=cfg.path))
     q, c = st["queue"], st["counters"]
     head = (f"fetch: {c['completed']} done, {c['failed']} failed, {c['retried']} retried; queued "

@@ -28,8 +28,8 @@ SIZES = r"\s*[\d.?]+% [\d.]+[BKMGT]?/(?:[\d.]+[BKMGT]?|\?)"
 SPEED = r"(?:[\d.]+[BKMGT]?/s|-|stalled \S+)"
 WORKER = [
     rf"  +\d+ \S+ +(?:extracting|downloading|postprocessing) +(?:\[[#.?]{{10}}\] )?{SIZES} +{SPEED}(?: eta \S+)?",
-    r"  +\d+ (?:idle|restarting)(?: \(retiring\))?",
-    r"  slot +\d+  pid +\S+  (?:idle|restarting)(?: \(retiring\))?",
+    r"  +\d+ (?:idle|dormant|restarting)(?: \(retiring\))?",
+    r"  slot +\d+  pid +\S+  (?:idle|dormant|restarting)(?: \(retiring\))?",
 ]
 STATUS = [
     r"videofetchd \S+ pid \d+ on \S+: (?:starting|running|paused|reloading|stopping), up \S+",

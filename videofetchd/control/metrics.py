@@ -41,7 +41,7 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 DAEMON_STATES = ("starting", "running", "paused", "reloading", "stopping")
-WORKER_STATES = ("busy", "idle", "restarting")
+WORKER_STATES = ("busy", "idle", "dormant", "restarting")
 #: host conditions that exist from the start (0 until one begins), so alerts see them begin
 KNOWN_CONDITIONS = (DISK_SPACE, DOWNLOAD_DIRECTORY, WORKERS_CANNOT_START, WORKERS_CRASHING)
 #: (outcome, error_kind) series that exist from the start, so rate() sees their first increase
@@ -107,11 +107,9 @@ class Collector:
         states = dict.fromkeys(WORKER_STATES, 0)
         ages = []
         for slot in list(sup.slots):
+            states[slot.state] += 1
             if slot.busy:
-                states["busy"] += 1
                 ages.append(({"slot": str(slot.index)}, slot.progress(now).last_progress_age_s))
-            else:
-                states["idle" if slot.executor is not None and slot.pid else "restarting"] += 1
         yield _gauge("videofetchd_workers", "Worker slots by state.", [({"state": s}, n) for s, n in states.items()])
         yield _gauge("videofetchd_worker_last_progress_age_seconds",
                      "Seconds since a busy worker's download last made progress (the stall clock).", ages)

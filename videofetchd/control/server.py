@@ -84,8 +84,7 @@ def snapshot(sup: Supervisor, info: ConfigInfo, scan: ScanStatus | None = None,
     workers = []
     for slot in sorted(sup.slots, key=lambda s: s.index):
         w: dict[str, Any] = {"slot": slot.index, "pid": slot.pid or None,
-                             "state": "busy" if slot.busy else ("idle" if slot.executor and slot.pid
-                                                                else "restarting")}
+                             "state": slot.state}
         if slot.job is not None:
             p = slot.progress(now)
             # no progress for a while: the child's last speed and ETA are stale; say how long it stalls

@@ -11,6 +11,7 @@ forkserver by ``preload``), so the parent that imports this module for its entry
 from __future__ import annotations
 
 import ctypes
+import dataclasses
 import os
 import select
 import signal
@@ -33,11 +34,15 @@ SHARED_LEN = 9
 #: reads them to clean up after a row that failed for good, even when it had to kill the child
 FILES_LEN = 8192
 _PR_SET_PDEATHSIG = 1
+PREBUILD_ENV = "VIDEOFETCHD_PREBUILD"  #: the forkserver's prebuild config (pickled, base64)
 
 _shared: MutableSequence[float] | None = None
 _files: Any = None
 _downloaders: dict[str | None, Downloader] = {}  #: per egress identity, for the generation below
 _generation = -1
+#: built in the forkserver before any child forks (see prebuild): the config it was built for and
+#: the warm YoutubeDL, which each child adopts for its first generation instead of building its own
+_prebuilt: tuple[DownloadConfig, Downloader] | None = None
 
 
 class _SharedReporter:
@@ -131,9 +136,67 @@ def _downloader_for(cfg: DownloadConfig, generation: int, identity: str | None) 
         _generation = generation
     found = _downloaders.get(identity)
     if found is None:
-        from .download import Downloader  # preloaded in the forkserver; the parent never needs it
-        found = _downloaders[identity] = Downloader(cfg, _SharedReporter(_shared, _files), identity)
+        reporter = _SharedReporter(_shared, _files)
+        found = _downloaders[identity] = _adopt_prebuilt(cfg, identity, reporter) or _build(cfg, reporter, identity)
     return found
+
+
+def _build(cfg: DownloadConfig, reporter: Any, identity: str | None) -> Downloader:
+    from .download import Downloader  # preloaded in the forkserver; the parent never needs it
+    return Downloader(cfg, reporter, identity)
+
+
+def _first_identity(cfg: DownloadConfig) -> str | None:
+    return cfg.identities[0].name if cfg.identities else None
+
+
+def prebuildable(cfg: DownloadConfig) -> bool:
+    """Whether the forkserver may build the first YoutubeDL: not when it would read a cookie file
+    or a browser's cookies (a hung mount would hang the forkserver, where no warm-up timer sees it,
+    and each child must load cookies fresh)."""
+    keys = ("cookiefile", "cookiesfrombrowser")
+    params = [cfg.ytdlp_params(i.name) for i in cfg.identities] or [cfg.ytdlp_params(None)]
+    return not any(p.get(k) for p in params for k in keys)
+
+
+def prebuild(cfg: DownloadConfig, extractor_key: str | None = None) -> None:
+    """In the forkserver, before any child forks: build the first generation's YoutubeDL once (a
+    new one costs ~140 ms of CPU, per child), so that every child inherits it by fork. Each child
+    gets its own copy-on-write copy: nothing is shared between children at run time."""
+    global _prebuilt
+    downloader = _build(cfg, _NoReporter(), _first_identity(cfg))
+    if extractor_key is not None:
+        downloader.expect(cfg.url_template, extractor_key)
+    from .warmup import warm_downloader
+    warm_downloader(downloader)
+    _prebuilt = (cfg, downloader)
+
+
+def _adopt_prebuilt(cfg: DownloadConfig, identity: str | None, reporter: Any) -> Downloader | None:
+    """The forkserver's YoutubeDL, when it was built for this very config (the worker count aside,
+    which ``fetch --num-workers`` overrides) and identity; used once."""
+    global _prebuilt
+    if _prebuilt is None:
+        return None
+    built_for, downloader = _prebuilt
+    _prebuilt = None
+    if dataclasses.replace(built_for, workers=cfg.workers) != cfg or identity != _first_identity(cfg):
+        return None
+    downloader.reporter = reporter
+    return downloader
+
+
+class _NoReporter:
+    """The prebuilt Downloader's reporter until a child adopts it (nothing runs before that)."""
+
+    def files(self, paths: list[str]) -> None:
+        pass
+
+    def phase(self, phase: int) -> None:
+        pass
+
+    def progress(self, downloaded: float, total: float, speed: float, eta: float) -> None:
+        pass
 
 
 def warm(cfg: DownloadConfig, generation: int) -> dict[str, Any]:

@@ -31,7 +31,7 @@ from ..queue.jobs import (PHASE_EXTRACTING, PHASE_IDLE, PHASE_POSTPROCESSING, Er
 #: YoutubeDL params videofetchd sets itself; ``download.ytdlp`` may not override them
 RESERVED_PARAMS = frozenset({"progress_hooks", "postprocessor_hooks", "logger", "paths", "outtmpl",
                              "noplaylist", "quiet", "noprogress", "progress_with_newline", "extract_flat",
-                             "enable_file_urls", "max_filesize"})
+                             "enable_file_urls", "max_filesize", "progress_delta"})
 MAX_URL_HOPS = 10  #: extractors handing a URL on to the next (redirects, embeds) before we give up
 
 
@@ -97,6 +97,9 @@ class Downloader:
             # a playlist's entries are listed, not resolved, until we decide what to do with it
             "extract_flat": "in_playlist",
             "enable_file_urls": False,  # an extractor's file:// format URL would copy a local file
+            # yt-dlp formats a console progress line for every progress event even when quiet and
+            # noprogress (~1.5 ms per small file); nobody reads a daemon child's console
+            "progress_delta": 3600,
         })
         chosen = params.get("external_downloader")  # the user's own choice: str or {protocol: name}
         programs = [chosen] if isinstance(chosen, str) else list(chosen.values()) if isinstance(chosen, dict) else []
@@ -109,8 +112,16 @@ class Downloader:
         if not policy.open:
             # libcurl (browser impersonation) connects below Python, out of the checker's sight
             self.ydl._request_director.handlers.pop("CurlCFFI", None)
+        if not self.ydl.params.get("forceprint") and not self.ydl.params.get("print_to_file"):
+            # with nothing to --print, yt-dlp still builds the file name and renders four tables
+            # at each of seven stages of every video (~1/3 of a small file's CPU)
+            self.ydl._forceprint = _nothing_to_print
         self.ydl.cookiejar  # noqa: B018 - loaded at warm-up: a bad (or hung) cookie file shows now, not per job
         self._ie_by_shape: dict[str, str] = {}  # URL with the ID cut out -> extractor that took it
+
+    def expect(self, url_template: str, extractor_key: str) -> None:
+        """URLs made from ``url_template`` go to this extractor (found in the forkserver)."""
+        self._ie_by_shape[url_template.replace("{id}", "\0")] = extractor_key
 
     def _shape(self, job: Job) -> str | None:
         quoted = urllib.parse.quote(job.video_id, safe="")
@@ -267,6 +278,11 @@ class Downloader:
         return Outcome(True, file_path=path, file_size=size, extractor=info.get("extractor_key"))
 
 
+def _nothing_to_print(key: str, info_dict: dict[str, Any] | None) -> dict[str, Any] | None:
+    """``YoutubeDL._forceprint`` when nothing is to be printed: the copy its caller reads."""
+    return dict(info_dict) if info_dict is not None else None
+
+
 def _entry_url(entry: Any, playlist_url: str) -> str | None:
     """The URL to queue for one flat playlist entry, or None when it has no usable one."""
     if not isinstance(entry, dict):
@@ -316,14 +332,6 @@ def _http_status(exc: DownloadError) -> int | None:
 
 def _failure(message: str, http_status: int | None = None) -> Outcome:
     return Outcome(False, error=message, kind=classify(message, http_status))
-
-
-def warm_imports() -> None:
-    """Load and compile what the first job would otherwise load lazily (every extractor class and
-    its URL pattern, ~0.3 s of CPU), so that children forked afterwards start warm."""
-    from yt_dlp.extractor import gen_extractor_classes
-    for ie in gen_extractor_classes():
-        ie.suitable("http://warm-up.invalid/")
 
 
 def offline_id(url: str) -> str | None:

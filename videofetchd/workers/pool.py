@@ -10,6 +10,7 @@ child that outlives SIGKILL is given up on (``stuck.py``); one still warming up 
 from __future__ import annotations
 
 import logging
+import os
 import signal
 import time
 from collections.abc import Callable
@@ -28,6 +29,49 @@ from .upgrade import recycle_stale
 log = logging.getLogger("videofetchd.supervisor")
 WARM_HUNG_MIN_S = 10.0  #: a warm-up that takes longer than this (and stall_timeout) has hung
 LIVENESS_EVERY_S = 1.0  #: how often idle children are checked to be alive
+CPU_WINDOW_S = 0.15  #: the window over which CpuGate measures the children's CPU use
+CPU_BOUND = 0.9  #: of the cores: this busy, the machine has no core to spare for another child
+_TICKS = os.sysconf("SC_CLK_TCK")
+
+
+class CpuGate:
+    """Is every core busy already? Users size ``workers`` for their bandwidth, not their cores:
+    with files that take no time to arrive (small ones on a fast link) the work is CPU-bound, and
+    a child more only shares the same cores (on the 2-core benchmark 8 children were 13 % slower
+    than 4). So beyond one child per core, a one-shot run starts another only while the machine's
+    cores were less than ``CPU_BOUND`` busy over the last ``CPU_WINDOW_S`` (/proc/stat, every
+    process: a core another program keeps busy is no more ours). Waiting for bytes, children use
+    little, and every slot starts."""
+
+    def __init__(self) -> None:
+        self.cores = os.cpu_count() or 1
+        self._mark: tuple[float, float] | None = None  # (monotonic, busy CPU seconds of the machine)
+        self._bound = True  # not measured yet: no child beyond one per core
+        self.rate: float | None = None  #: busy cores over the last window measured
+
+    def bound(self, now: float, started: int) -> bool:
+        if started < self.cores:
+            return False
+        if self._mark is None or now - self._mark[0] >= CPU_WINDOW_S:
+            busy = _machine_busy_seconds()
+            if self._mark is not None and busy is not None:
+                self.rate = max(0.0, busy - self._mark[1]) / (now - self._mark[0])
+                self._bound = self.rate >= CPU_BOUND * self.cores
+            elif busy is None:
+                self._bound = False  # no /proc/stat: go by the worker count, as before
+            self._mark = (now, busy or 0.0)
+        return self._bound
+
+
+def _machine_busy_seconds() -> float | None:
+    """CPU seconds all cores spent busy since boot (the first line of /proc/stat, less idle and
+    iowait), or None when it cannot be read."""
+    try:
+        with open("/proc/stat", "rb") as f:
+            fields = [int(x) for x in f.readline().split()[1:]]
+        return (sum(fields[:8]) - fields[3] - fields[4]) / _TICKS  # user..steal, less idle and iowait
+    except (OSError, ValueError, IndexError):
+        return None
 
 
 class Pool:
@@ -39,13 +83,45 @@ class Pool:
         self._wake = wake  # called on an executor's thread: must only schedule a loop pass
         self._warmed = False  # a child finished its warm-up (set from the executor's thread)
         self._checked_at = 0.0
+        self.cpu = CpuGate()
 
     # -- starting -------------------------------------------------------------------------------
 
-    def add(self, index: int, cfg: DownloadConfig, generation: int) -> None:
+    def add(self, index: int, cfg: DownloadConfig, generation: int, *, start: bool = True) -> None:
         slot = Slot(index)
-        self.start(slot, cfg, generation)
+        if start:
+            self.start(slot, cfg, generation)
+        else:
+            slot.dormant = True
         self.slots.append(slot)
+
+    def start_first(self, cfg: DownloadConfig, generation: int) -> None:
+        """Start one child; the other slots stay dormant until ``grow`` wakes them, one per loop
+        pass. A child's start blocks until the forkserver has loaded yt-dlp, and each costs a
+        fork: the first job goes out as soon as one child is ready, not after the last one has
+        started, and a one-shot run of three rows starts three children, not ``workers``."""
+        for i in range(cfg.workers):
+            self.add(i, cfg, generation, start=i == 0)
+
+    def grow(self, cfg: DownloadConfig, generation: int, now: float, *, rows_waiting: bool | None) -> None:
+        """Wake one dormant slot once every child is up (none still starting: children that
+        cannot start do not pile up). ``rows_waiting`` None: always (the daemon keeps every child
+        ready for the next row). Else (a one-shot run) only while rows wait, no child is idle, and
+        the children are not keeping every core busy already (``CpuGate``)."""
+        dormant = [s for s in self.slots if s.dormant and not s.retiring]
+        if not dormant or rows_waiting is False:
+            return
+        started = 0
+        for s in self.slots:
+            if s.dormant or s.retiring:
+                continue
+            if s.executor is None or not (s.ready or s.busy) or (rows_waiting is not None and s.ready):
+                return  # starting or restarting; or idle, in a one-shot run
+            started += 1
+        if rows_waiting is not None and self.cpu.bound(now, started):
+            return
+        dormant[0].dormant = False
+        self.start(dormant[0], cfg, generation)
 
     def start(self, slot: Slot, cfg: DownloadConfig, generation: int) -> None:
         slot.start(cfg, generation)
@@ -59,13 +135,14 @@ class Pool:
         self._wake(fut)  # ready for work: dispatch at once
 
     def resize(self, want: int, cfg: DownloadConfig, generation: int) -> None:
-        """Grow to ``want`` slots at once; shrink as slots go idle (they retire)."""
+        """Add dormant slots up to ``want`` (``grow`` starts them as work asks); shrink as slots
+        go idle (they retire)."""
         active = [s for s in self.slots if not s.retiring]
         for slot in active[want:]:
             slot.retiring = True
         next_index = max((s.index for s in self.slots), default=-1) + 1
         for i in range(max(0, want - len(active))):
-            self.add(next_index + i, cfg, generation)
+            self.add(next_index + i, cfg, generation, start=False)
 
     # -- a job's end ------------------------------------------------------------------------------
 
@@ -112,7 +189,7 @@ class Pool:
     def maintain(self, now: float, cfg: DownloadConfig, generation: int, *, stopping: bool) -> None:
         """Retire slots a reload removed, replace children that died idle or hung warming up, and
         start children where a slot has none (unless no child can start just now)."""
-        for slot in [s for s in self.slots if s.retiring and not s.busy]:
+        for slot in [s for s in self.slots if s.retiring and not s.busy]:  # (dormant ones too)
             slot.stop_child()
             log.info("slot %d retired after reload", slot.index)
             self.slots.remove(slot)
@@ -143,7 +220,8 @@ class Pool:
                     self.breaker.death(cfg, now)
                 slot.discard()
                 self.counters.worker_restarts += 1
-            if slot.executor is None and not stopping and not slot.retiring and self.breaker.may_rebuild(now):
+            if (slot.executor is None and not slot.dormant and not stopping and not slot.retiring
+                    and self.breaker.may_rebuild(now)):
                 self.start(slot, cfg, generation)
 
     def stop_all(self) -> list[int]:

@@ -1,12 +1,50 @@
 """Imported once by the forkserver (``set_forkserver_preload``), never by the daemon itself.
 
-Loads yt-dlp and compiles every extractor's URL pattern up front, so that each worker child
-forked afterwards inherits them instead of spending ~0.3 s of CPU on its first job (and again
-after every recycle).
+Loads yt-dlp and readies the extractor that will take the configured URLs (every extractor's URL
+pattern compiled, or the answer from the cache of an earlier start); asks ffmpeg its version; and,
+given the config (``PREBUILD_ENV``, set by ``slots.start_forkserver``), builds the first
+generation's ``YoutubeDL`` with its TLS contexts. Every worker child forked afterwards inherits
+all of it instead of spending ~0.5 s of CPU on its first job (and again after every recycle). A
+failed prebuild costs nothing but speed: each child then builds its own, and its warm-up reports
+the error.
 """
 
 from __future__ import annotations
 
-from . import child, download  # noqa: F401  (loaded here so that children inherit them)
+import base64
+import os
+import pickle
 
-download.warm_imports()
+from . import child, download, warmup  # noqa: F401  (download: loaded here for the children)
+from ..config import DownloadConfig
+
+
+def _config() -> DownloadConfig | None:
+    raw = os.environ.pop(child.PREBUILD_ENV, None)  # not inherited by the children's ffmpeg
+    if not raw:
+        return None
+    try:
+        cfg = pickle.loads(base64.b64decode(raw))
+    except Exception:  # noqa: BLE001 - never let the forkserver die of it
+        return None
+    return cfg if isinstance(cfg, DownloadConfig) else None
+
+
+def _cache_dir() -> str:
+    """systemd's CacheDirectory=, else the user's cache directory."""
+    base = os.environ.get("CACHE_DIRECTORY", "").split(":")[0]
+    if base:
+        return base
+    return os.path.join(os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache"), "videofetchd")
+
+
+_cfg = _config()
+_location = _cfg.ytdlp.get("ffmpeg_location") if _cfg is not None else None
+_prober = warmup.probe_ffmpeg(_location if isinstance(_location, str) else None)
+_key = warmup.warm_imports(_cfg.url_template if _cfg is not None else None, _cache_dir())
+_prober.join(timeout=10.0)
+if _cfg is not None:
+    try:
+        child.prebuild(_cfg, _key)
+    except Exception:  # noqa: BLE001 - the forkserver must live; the children's warm-up reports it
+        pass

@@ -12,7 +12,9 @@ import logging
 import multiprocessing
 import multiprocessing.context
 import atexit
+import base64
 import gc
+import pickle
 import os
 import shutil
 import signal
@@ -34,6 +36,7 @@ log = logging.getLogger(__name__)
 IO_QUIET_S = 1.0  #: seconds without a hook report before the kernel's I/O counters are asked
 IO_EVERY_S = 0.25  #: at most this often per slot
 _ctx: multiprocessing.context.BaseContext | None = None
+_PAGE_SIZE = os.sysconf("SC_PAGE_SIZE")
 
 
 def mp_context() -> multiprocessing.context.BaseContext:
@@ -47,12 +50,19 @@ def mp_context() -> multiprocessing.context.BaseContext:
     return _ctx
 
 
-def start_forkserver() -> None:
+def start_forkserver(cfg: DownloadConfig | None = None) -> None:
     """Start the forkserver now, so that its preload (yt-dlp, ~0.5 s of CPU) runs while this
-    process is still importing and opening the database, not after."""
+    process is still importing and opening the database, not after; given the config, the
+    forkserver also builds the first generation's YoutubeDL for every child (``preload``).
+    Does nothing when it is already running."""
     mp_context()
     from multiprocessing import forkserver
-    forkserver.ensure_running()
+    if cfg is not None and child.prebuildable(cfg):
+        os.environ[child.PREBUILD_ENV] = base64.b64encode(pickle.dumps(cfg)).decode("ascii")
+    try:
+        forkserver.ensure_running()
+    finally:
+        os.environ.pop(child.PREBUILD_ENV, None)  # for the forkserver only
 
 
 @dataclass(frozen=True)
@@ -83,6 +93,7 @@ class Slot:
         self.sigkill_at: float | None = None
         self.warm_seen_at: float | None = None  # monotonic: when the warming child first showed its pid
         self.retiring = False  # shrink after a reload: remove once idle
+        self.dormant = False  # no child yet: started when rows wait for one (Pool.grow)
         self.generation = -1
         self.warm_future: Future[Any] | None = None
         self.io = IoMeter()  # the kernel's view of the running job's bytes (see liveness)
@@ -127,6 +138,16 @@ class Slot:
         return self.job is not None
 
     @property
+    def state(self) -> str:
+        """For status and metrics: busy, idle, dormant (no child until work needs one), or
+        restarting (its child is starting, or being replaced)."""
+        if self.busy:
+            return "busy"
+        if self.dormant:
+            return "dormant"
+        return "idle" if self.executor is not None and self.pid else "restarting"
+
+    @property
     def ready(self) -> bool:
         """Idle with a warmed-up child: a job sent now starts at once (the stall clock is fair)."""
         return (self.executor is not None and self.job is None and not self.retiring
@@ -150,9 +171,14 @@ class Slot:
         return int(self.shared[child.JOBS])
 
     def rss(self) -> int:
+        """The child's resident set size, asked after every job (recycling): one small read of
+        /proc, a tenth of what a psutil.Process costs."""
+        if not self.pid:
+            return 0
         try:
-            return int(psutil.Process(self.pid).memory_info().rss) if self.pid else 0
-        except (psutil.Error, OSError):
+            with open(f"/proc/{self.pid}/statm", "rb") as f:
+                return int(f.read().split()[1]) * _PAGE_SIZE
+        except (OSError, ValueError, IndexError):
             return 0
 
     # -- jobs -----------------------------------------------------------------------------------
@@ -173,7 +199,8 @@ class Slot:
     def files(self) -> tuple[str, ...]:
         """The file names the current (or just finished) job has written, as the child reported them."""
         raw: bytes = self.files_buf.raw
-        return tuple(p.decode("utf-8", "surrogateescape") for p in raw.split(b"\0") if p)
+        used = raw.split(b"\0\0", 1)[0]  # NUL-terminated names, then zeros: stop at the first gap
+        return tuple(p.decode("utf-8", "surrogateescape") for p in used.split(b"\0") if p)
 
     def take_result(self) -> tuple[Job, Future[Any]]:
         """Detach the finished job; the slot becomes idle."""

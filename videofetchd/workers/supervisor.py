@@ -104,10 +104,10 @@ class Supervisor:
 
     async def run(self) -> None:
         self._loop = asyncio.get_running_loop()
-        for i in range(self.cfg.download.workers):
-            self.pool.add(i, self.cfg.download, self.generation)
+        # while the forkserver still loads yt-dlp: the first claim must respect what these find
         await self._refresh(time.monotonic(), force=True)
         await self.hostwatch.first(self.cfg.download)
+        self.pool.start_first(self.cfg.download, self.generation)  # the rest grow from the loop
         self.started = True
         if self.state == "starting":
             self.state = "paused" if self.paused else "running"
@@ -157,6 +157,10 @@ class Supervisor:
                         s.kill("daemon stopping", grace=self.cfg.download.kill_grace, now=now)
             return False
         await self._dispatch(now)
+        # after the dispatch, so that no job waits for a child's start; the daemon keeps every
+        # child ready for the next row, a one-shot run starts only those its rows need
+        self.pool.grow(self.cfg.download, self.generation, now,
+                       rows_waiting=self.queue_counts.get("queued", 0) > 0 if self.one_shot else None)
         return self.one_shot and self.drained
 
     def _pass_failed(self, now: float, exc: Exception) -> None:
