@@ -23,7 +23,7 @@ from . import __version__
 from . import config as config_mod
 from .control.display import Screen, format_status, terminal_size
 from .errors import (EXIT_FAILURE, EXIT_INTERRUPTED, EXIT_OK, EXIT_USAGE, ControlError, InvalidVideoId, NotRunning,
-                     VideofetchdError)
+                     VideofetchdError, exit_now)
 from .control.protocol import ProtocolError, decode_reply, encode
 from .text import printable
 
@@ -345,6 +345,15 @@ def main(argv: list[str] | None = None, out: TextIO | None = None) -> int:
         devnull = os.open(os.devnull, os.O_WRONLY)
         os.dup2(devnull, sys.stdout.fileno())  # so that the interpreter's final flush stays quiet
         return EXIT_OK
+
+
+def run() -> None:
+    """The ``videofetchctl`` console script: ``main``, and a quick exit after ``fetch``."""
+    argv = sys.argv[1:]
+    code = main(argv)
+    if build_parser().parse_known_args(argv)[0].command == "fetch":
+        exit_now(code)
+    sys.exit(code)
 
 
 if __name__ == "__main__":

@@ -115,6 +115,10 @@ class Supervisor:
             while True:
                 now = time.monotonic()
                 self.last_turn = now
+                # cleared before the pass, not after it: a job that ends while the pass awaits the
+                # database sets it again, and the next pass reaps that job at once (cleared after,
+                # the wake-up was lost and the job sat reaped by nobody for a whole tick)
+                self._wake.clear()
                 try:
                     if await self._pass(now):
                         break
@@ -122,7 +126,6 @@ class Supervisor:
                     raise  # not a bad pass: every result from now on would be lost
                 except Exception as exc:  # noqa: BLE001 - one bad pass must not leave downloads unattended
                     self._pass_failed(now, exc)
-                self._wake.clear()
                 try:
                     await asyncio.wait_for(self._wake.wait(), self._timeout(now))
                 except asyncio.TimeoutError:
@@ -213,6 +216,9 @@ class Supervisor:
             if not slot.busy or slot.future is None or not slot.future.done():
                 continue
             reason, pid, files = slot.kill_reason, slot.pid, slot.files()
+            # a slot is free: claim for it in this pass (the wake-up of its end may have come while
+            # the previous pass ran, before that pass's claim put the next one off by a poll)
+            self._next_claim = 0.0
             self.counters.downloaded_bytes += slot.new_bytes()
             if reason != "daemon stopping":
                 self.stats.durations.observe(time.monotonic() - slot.started_at)
