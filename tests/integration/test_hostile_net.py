@@ -17,6 +17,7 @@ import pytest
 
 import vfd
 from mediaserver import MediaServer
+from netproxy import FreezableProxy
 from sites import Site
 
 PUBLIC = ["127.0.0.2/32"]  #: the "public" site's address; the media server's 127.0.0.1 is not in it
@@ -94,6 +95,21 @@ def test_a_redirect_from_an_allowed_host_to_loopback_is_refused(tmp_path: Path, 
     assert len(media.requests()) == before            # ... the internal one never
     assert rows["tosite"]["status"] == "done", rows["tosite"]
     assert files(tmp_path) == [os.path.basename(rows["tosite"]["file_path"])]
+
+
+def test_a_host_in_no_proxy_is_checked_like_any_direct_connection(tmp_path: Path, media: MediaServer) -> None:
+    """With a proxy in the environment, a row whose host matches ``no_proxy`` is fetched directly:
+    that connection is a download like any other and meets the same address check (a ``no_proxy``
+    entry once passed as a proxy's own address and opened the way)."""
+    with FreezableProxy(("127.0.0.1", media.port)) as proxy:  # a real listening proxy on loopback
+        cfg = setup(tmp_path, media, {"direct": media.url("nosecret")}, allow_addresses=[])
+        env = {**os.environ, "http_proxy": f"http://127.0.0.1:{proxy.port}", "https_proxy": "",
+               "no_proxy": f"127.0.0.1:{media.port}", "NO_PROXY": f"127.0.0.1:{media.port}"}
+        r = vfd.ctl(cfg, "fetch", timeout=180, env=env)
+    assert r.returncode == 1, r.stdout + r.stderr
+    failed_for_good(by_id(tmp_path)["direct"], f"refused to connect to 127.0.0.1 port {media.port}: loopback")
+    assert all(x.video_id != "nosecret" for x in media.requests())
+    assert files(tmp_path) == []
 
 
 def test_an_answer_that_is_not_audio_or_video_is_not_saved_as_a_direct_link(tmp_path: Path, media: MediaServer,
