@@ -8,6 +8,7 @@ the child process), real config files broken by an editor's half-done save.
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import json
 import os
 import pwd
@@ -55,7 +56,8 @@ def test_a_second_daemon_is_refused_and_the_first_stays_reachable(tmp_path: Path
         with running(cfg) as first:
             second = run_daemon(cfg)
             assert second.returncode == 75, (second.returncode, second.stderr)
-            assert f"videofetchd pid {first.pid} already answers on {sock_of(cfg)}" in second.stderr, second.stderr
+            assert (f"another videofetchd (pid {first.pid}) already serves {sock_of(cfg)}: "
+                    f"it holds {sock_of(cfg)}.lock") in second.stderr, second.stderr
             assert "Traceback" not in second.stderr
             # before: the second one unlinked the socket, and its exit left the first unreachable
             assert vfd.status(cfg)["pid"] == first.pid
@@ -74,6 +76,44 @@ def test_a_second_daemon_is_refused_and_the_first_stays_reachable(tmp_path: Path
         # after a clean stop the socket is free again
         with running(cfg) as again:
             assert vfd.status(cfg)["pid"] == again.pid
+
+
+def test_the_lock_is_a_file_only_the_daemon_can_open_and_nobody_else_can_squat(tmp_path: Path) -> None:
+    """The lock is an flock on <socket>.lock (mode 0600, the holder's pid inside), held for the
+    daemon's life. A name in the abstract socket namespace, as before, could be bound by any user
+    first (and was per network namespace): the daemon then refused to start, with nobody running."""
+    import hashlib
+    cfg = vfd.write_config(tmp_path, url_template="http://127.0.0.1:9/v/{id}.mp4")
+    sock = sock_of(cfg)
+    squat = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)  # what any local user could do
+    squat.bind("\0videofetchd-control-" + hashlib.sha256(os.path.realpath(sock).encode()).hexdigest()[:40])
+    try:
+        with running(cfg) as d:
+            lock = Path(sock + ".lock")
+            assert lock.read_text() == f"{d.pid}\n" and lock.stat().st_mode & 0o777 == 0o600
+            probe = os.open(lock, os.O_RDONLY)
+            try:  # held: even a shared lock is refused while the daemon lives
+                with pytest.raises(BlockingIOError):
+                    fcntl.flock(probe, fcntl.LOCK_SH | fcntl.LOCK_NB)
+                assert d.stop() == 0
+                fcntl.flock(probe, fcntl.LOCK_SH | fcntl.LOCK_NB)  # released at exit
+                fcntl.flock(probe, fcntl.LOCK_UN)
+            finally:
+                os.close(probe)
+    finally:
+        squat.close()
+
+
+def test_a_stale_socket_file_with_no_lock_held_is_replaced(tmp_path: Path) -> None:
+    cfg = vfd.write_config(tmp_path, url_template="http://127.0.0.1:9/v/{id}.mp4")
+    sock = sock_of(cfg)
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as old:  # a socket file nobody listens on
+        old.bind(sock)
+    Path(sock + ".lock").write_text("999999\n")  # left by a daemon that died: no lock held
+    with running(cfg) as d:
+        assert vfd.status(cfg)["pid"] == d.pid
+        assert "removed the stale control socket" in d.log()
+        assert d.stop() == 0
 
 
 def test_two_daemons_started_at_once_one_wins(tmp_path: Path) -> None:

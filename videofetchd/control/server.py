@@ -155,7 +155,7 @@ class ControlServer:
         self.handlers = handlers
         self.server: asyncio.AbstractServer | None = None
         self.admission = Admission()
-        self._lock: socket.socket | None = None
+        self._lock: int | None = None  #: the fd of the flock on <socket>.lock
         self._inode: tuple[int, int] | None = None  # the socket file we created, to remove only ours
 
     def claim(self) -> None:
@@ -191,7 +191,7 @@ class ControlServer:
             except FileNotFoundError:
                 pass
         if self._lock is not None:
-            self._lock.close()
+            os.close(self._lock)  # the lock file stays: removing it would race the next daemon's lock
             self._lock = None
 
     async def _client(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
