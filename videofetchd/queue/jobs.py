@@ -66,6 +66,8 @@ class Outcome:
     error: str | None = None
     kind: ErrorKind | None = None  #: None: not the row's fault; handed back without charging an attempt
     condition: str | None = None  #: the host condition (health name) that made the job fail, if any
+    #: the errno of the OSError behind a failure (found in the exception chain, never in its text)
+    errno: int | None = None
     #: a playlist expanded (``download.expand_playlists``): (video_id, url) of each entry, to be
     #: queued as rows of their own; the child never touches the database, the recorder inserts them
     entries: tuple[tuple[str, str], ...] = ()

@@ -12,7 +12,6 @@ from __future__ import annotations
 import dataclasses
 import errno
 import os
-import re
 import tempfile
 from typing import NamedTuple
 
@@ -23,7 +22,6 @@ from .health import DISK_SPACE, DOWNLOAD_DIRECTORY
 DISK_FULL_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT})
 #: below this much free space a failed job is put down to the disk even with min_free_space 0
 LOW_SPACE_FLOOR = 1024 * 1024
-_ERRNO_RE = re.compile(r"\[Errno (\d+)\]")
 
 
 class Fault(NamedTuple):
@@ -103,10 +101,29 @@ def probe_space(path: str, min_free: int) -> tuple[int | None, Fault | None]:
     return free, None
 
 
-def error_errno(text: str) -> int | None:
-    """The errno an error message carries (yt-dlp and Python write "[Errno 28] ...")."""
-    m = _ERRNO_RE.search(text)
-    return int(m.group(1)) if m else None
+def os_errno(exc: BaseException | None) -> int | None:
+    """The errno of the first OSError behind ``exc``: the exception itself, then its
+    ``__cause__``/``__context__`` and yt-dlp's ``exc_info`` (a DownloadError carries the error it
+    reported in ``exc_info``, its text often without the errno: "Cannot write video description
+    file"). The text is never read: strerror changes with the locale, and an error text can
+    quote a site's words, "[Errno 28]" included."""
+    todo: list[BaseException | None] = [exc]
+    seen: set[int] = set()
+    while todo:
+        e = todo.pop(0)
+        if e is None or id(e) in seen:
+            continue
+        seen.add(id(e))
+        if isinstance(e, OSError) and isinstance(e.errno, int):
+            return e.errno
+        info = getattr(e, "exc_info", None)
+        if isinstance(info, tuple) and len(info) >= 2 and isinstance(info[1], BaseException):
+            todo.append(info[1])
+        reason = getattr(e, "reason", None)  # urllib's URLError wraps the OSError it met
+        if isinstance(reason, BaseException):
+            todo.append(reason)
+        todo += [e.__cause__, e.__context__]
+    return None
 
 
 def host_outcome(outcome: Outcome, directory: str, min_free: int) -> Outcome:
@@ -114,7 +131,7 @@ def host_outcome(outcome: Outcome, directory: str, min_free: int) -> Outcome:
     download directory is to blame (the row is then handed back without charging an attempt)."""
     error = outcome.error or ""
     fault = None
-    if error_errno(error) in DISK_FULL_ERRNOS:
+    if outcome.errno in DISK_FULL_ERRNOS:
         free = free_bytes(directory)
         where = f" ({human_size(free)} free in {directory})" if free is not None else ""
         fault = Fault(DISK_SPACE, f"{error}{where}")
