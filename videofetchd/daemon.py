@@ -23,6 +23,7 @@ from .errors import ConfigError
 from .control.server import ConfigInfo, ControlServer, ScanStatus, snapshot
 from .queue.store import Store, open_store, redact
 from .control import doctor
+from .workers.hostprobe import check_sources
 from .workers.slots import pid_alive, remove_stale_tempdirs
 from .workers.supervisor import Supervisor
 from .control.systemd import Notifier, watchdog_period
@@ -190,6 +191,7 @@ class Daemon:
         sup.state = "reloading"
         try:
             new = config_mod.load(self.info.path)
+            check_sources(new)
         except ConfigError as exc:
             self.info.last_reload_error = str(exc)
             log.error("reload failed, keeping the previous configuration: %s", exc)

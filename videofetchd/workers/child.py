@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING, Any
 
 from ..config import DownloadConfig
 from ..queue.jobs import PHASE_DOWNLOADING, PHASE_IDLE, ErrorKind, Job, Outcome
-from .hostprobe import host_outcome, os_errno
+from .hostprobe import host_outcome, identity_outcome, os_errno
 
 if TYPE_CHECKING:
     from .download import Downloader
@@ -220,6 +220,7 @@ def run_job(job: Job, cfg: DownloadConfig, generation: int) -> Outcome:
         s[ROW_ID] = 0
         s[JOBS] += 1
         s[PHASE] = PHASE_IDLE
+    outcome = identity_outcome(outcome, job)  # the row, or the identity's vanished source address?
     if outcome.kind is ErrorKind.TRANSIENT:  # the row, or the disk? a full disk must not burn rows
         outcome = host_outcome(outcome, cfg.directory, cfg.min_free_space)
     return outcome

@@ -12,10 +12,13 @@ from __future__ import annotations
 import dataclasses
 import errno
 import os
+import socket
 import tempfile
 from typing import NamedTuple
 
-from ..queue.jobs import Outcome
+from ..config import Config, DownloadConfig
+from ..errors import ConfigError
+from ..queue.jobs import Job, Outcome
 from .health import DISK_SPACE, DOWNLOAD_DIRECTORY
 
 #: errors that mean the disk (or the user's quota) is full: a host condition, never the row's fault
@@ -143,3 +146,46 @@ def host_outcome(outcome: Outcome, directory: str, min_free: int) -> Outcome:
     if fault is None:
         return outcome
     return dataclasses.replace(outcome, error=fault.detail, kind=None, condition=fault.condition)
+
+
+def bind_error(address: str) -> str | None:
+    """Why no socket can be bound to ``address`` (port 0) on this host, or None when one can:
+    yt-dlp binds every connection of an identity to its ``source_address``, so an address this
+    host does not have fails every one of them (EADDRNOTAVAIL)."""
+    family = socket.AF_INET6 if ":" in address else socket.AF_INET
+    try:
+        with socket.socket(family, socket.SOCK_STREAM) as s:
+            s.bind((address, 0))
+    except OSError as exc:
+        return exc.strerror or str(exc)
+    return None
+
+
+def source_problems(d: DownloadConfig) -> list[str]:
+    """One line per identity whose ``source_address`` cannot be bound here, naming its key."""
+    problems = []
+    for i, ident in enumerate(d.identities):
+        why = bind_error(ident.source_address) if ident.source_address else None
+        if why is not None:
+            problems.append(f"download.identities[{i}].source_address: {ident.source_address} is not an "
+                            f"address of this host (cannot bind to it: {why}); identity {ident.name} "
+                            "could connect nowhere")
+    return problems
+
+
+def check_sources(cfg: Config) -> None:
+    """ConfigError for the first identity whose ``source_address`` this host cannot bind: at
+    start (exit 78) and on reload (the old config stays), not on every job."""
+    problems = source_problems(cfg.download)
+    if problems:
+        raise ConfigError(f"{cfg.path or 'config'}: {problems[0]}")
+
+
+def identity_outcome(outcome: Outcome, job: Job) -> Outcome:
+    """A failed job whose identity's ``source_address`` went away (EADDRNOTAVAIL): the identity's
+    fault, not the row's. The row is handed back uncharged and the supervisor pauses the
+    identity (``Egress.fault``) until its address can be bound again."""
+    if outcome.ok or job.identity is None or outcome.errno != errno.EADDRNOTAVAIL:
+        return outcome
+    return dataclasses.replace(outcome, kind=None, error=f"identity {job.identity}: its source_address cannot "
+                               f"be bound on this host ({outcome.error})")

@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import dataclasses
+import errno
 import functools
 import logging
 import os
@@ -234,6 +235,8 @@ class Supervisor:
                 outcome = self.pool.lost_child(slot, reason, exc, self.cfg.download)
             if outcome.condition is not None:  # the host, not the row: pause; the row is handed back
                 self.hostwatch.job_fault(outcome.condition, outcome.error or "")
+            elif outcome.kind is None and outcome.errno == errno.EADDRNOTAVAIL and job.identity:
+                self.egress.fault(job.identity, outcome.error or "")  # the identity's, not the row's
             await self._record(job, dataclasses.replace(outcome, files=files))
 
     async def _give_up(self, slot: Slot) -> None:
