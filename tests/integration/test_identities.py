@@ -272,3 +272,12 @@ def test_in_netns_an_address_that_goes_away(tmp_path: Path) -> None:
 
 def identity_status_of(st: dict[str, Any], name: str) -> dict[str, Any]:
     return next(i for i in st["identities"] if i["name"] == name)
+
+
+def test_a_one_shot_fetch_refuses_an_identity_this_host_cannot_bind(tmp_path: Path) -> None:
+    cfg = vfd.write_config(tmp_path, url_template="http://127.0.0.1:9/v/{id}.mp4",
+                           download={"identities": [{"name": "far", "source_address": "192.0.2.1"}]})
+    add(cfg, ["one"])
+    r = vfd.ctl(cfg, "fetch", timeout=60)  # before: every job handed back, a run that never drained
+    assert r.returncode == 78 and "download.identities[0].source_address: 192.0.2.1" in r.stderr, (r.returncode,
+                                                                                                  r.stderr)
