@@ -45,7 +45,7 @@ class DatabaseConfig:
     url: str = "sqlite:////var/lib/videofetchd/videofetchd.db"
     poll_interval: float = _duration(5.0, minimum=0.05)  # seconds between queue polls
     lease_duration: float = _duration(90.0, minimum=2.0)  # seconds a claim is valid without renewal
-    node_name: str = ""  # this host's name in status and lease_owner ("<node_name>:<pid>"); empty = hostname
+    node_name: str = ""  # this host's name in status and lease_owner ("<node_name>:<pid>@<scope>"); empty = hostname
 
 
 @dataclass(frozen=True)

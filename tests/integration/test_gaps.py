@@ -282,7 +282,7 @@ def test_list_json_lease_owner_is_the_daemons_node(tmp_path: Path) -> None:
             assert [x["video_id"] for x in listed] == ["slow-lease"], listed
             assert "lease_owner" in listed[0], listed[0]
             owner = vfd.status(cfg)["lease_owner"]
-            assert owner == f"node-a:{daemon.pid}", owner  # <node_name>:<pid>: unique per process
+            assert owner == f"node-a:{daemon.pid}@daemon", owner  # <node_name>:<pid>@<scope>: unique per process
             assert listed[0]["lease_owner"] == owner, listed[0]
 
             every = json.loads(vfd.ctl(cfg, "list", "--json").stdout)
