@@ -299,15 +299,43 @@ COMMANDS = {"status": cmd_status, "reload": cmd_simple, "pause": cmd_simple, "re
             "add": cmd_add, "retry": cmd_retry, "fetch": cmd_fetch}
 
 
+#: options whose value is a video ID, which may start with '-' (YouTube's -8LkfJYfx2Q)
+ID_OPTIONS = ("--after",)
+
+
+def _glue_id_values(argv: list[str]) -> list[str]:
+    """``--after -8LkfJYfx2Q`` as ``--after=-8LkfJYfx2Q``: argparse takes a value that starts with
+    '-' for an option and stops ("expected one argument"). Nothing after ``--`` is touched."""
+    out: list[str] = []
+    it = iter(argv)
+    for arg in it:
+        if arg == "--":
+            out += [arg, *it]
+            break
+        if arg in ID_OPTIONS:
+            value = next(it, None)
+            if value is not None and value.startswith("-") and not value.startswith("--"):
+                out.append(f"{arg}={value}")
+                continue
+            out += [arg] if value is None else [arg, value]
+            continue
+        out.append(arg)
+    return out
+
+
 def main(argv: list[str] | None = None, out: TextIO | None = None) -> int:
     parser = build_parser()
-    args, extra = parser.parse_known_args(argv)
+    args, extra = parser.parse_known_args(_glue_id_values(sys.argv[1:] if argv is None else list(argv)))
     if extra:
-        # YouTube IDs may start with '-' (-8LkfJYfx2Q): for `add`, anything argparse does not know
-        # is an ID to validate like the others; elsewhere it is a usage error
-        if args.command != "add" or any(a.startswith("--") and "=" not in a and len(a) > 2 for a in extra):
+        # YouTube IDs may start with '-' (-8LkfJYfx2Q): for `add` and `retry`, anything argparse
+        # does not know is an ID to validate like the others; elsewhere it is a usage error
+        if args.command not in ("add", "retry") or any(a.startswith("--") and "=" not in a and len(a) > 2
+                                                       for a in extra):
             parser.error(f"unrecognized arguments: {' '.join(extra)}")
-        args.items = [*args.items, *extra]
+        if args.command == "add":
+            args.items = [*args.items, *extra]
+        else:
+            args.ids = [*args.ids, *extra]
     args.verbose = getattr(args, "verbose", False)
     out = out or sys.stdout
     path = getattr(args, "config", None)
