@@ -295,13 +295,13 @@ def test_status_and_reload_with_a_broken_config_file_show_the_daemon(tmp_path: P
         cfg.write_text(good + "download: [workers: 3\n")  # an edit half done: not YAML any more
         r = vfd.ctl(cfg, "reload")
         assert r.returncode == 1, (r.returncode, r.stdout, r.stderr)
-        assert "reload refused, old configuration kept" in r.stderr and "invalid YAML" in r.stderr, r.stderr
+        assert "reload refused, old configuration kept" in r.stderr and "YAML syntax error" in r.stderr, r.stderr
         r = vfd.ctl(cfg, "status")
         assert r.returncode == 0, r.stderr
-        assert f"pid {d.pid}" in r.stdout and "last reload FAILED" in r.stdout and "invalid YAML" in r.stdout, r.stdout
+        assert f"pid {d.pid}" in r.stdout and "last reload FAILED" in r.stdout and "YAML syntax error" in r.stdout, r.stdout
         assert "Traceback" not in r.stderr
         st = json.loads(vfd.ctl(cfg, "status", "--json").stdout)
-        assert "invalid YAML" in st["config"]["last_reload_error"] and st["config"]["generation"] == 1
+        assert "YAML syntax error" in st["config"]["last_reload_error"] and st["config"]["generation"] == 1
         cfg.write_text(good)
         assert vfd.ctl(cfg, "reload").returncode == 0
         assert vfd.status(cfg)["config"]["last_reload_error"] is None

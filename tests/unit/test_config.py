@@ -239,7 +239,7 @@ def test_top_level_must_be_a_mapping(tmp_path: Path) -> None:
 
 def test_invalid_yaml(tmp_path: Path) -> None:
     msg, path = load_error(tmp_path, "download: [unclosed\n")
-    assert str(path) in msg and "invalid YAML" in msg
+    assert str(path) in msg and "YAML syntax error" in msg
 
 
 @pytest.mark.parametrize("section, key, value", [
