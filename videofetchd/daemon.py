@@ -92,7 +92,7 @@ class Daemon:
         except OSError as exc:
             raise ConfigError(f"control.socket: cannot listen on {self.cfg.control.socket}: "
                               f"{exc.strerror or exc}") from exc
-        if self.cfg.metrics.listen:  # a port taken is a ConfigError; run() stops the control server
+        if self.cfg.metrics.listen:  # a port taken: ListenUnavailable (75); run() stops the control server
             from .control.metrics import serve
             self.metrics = serve(self.cfg.metrics.listen, sup, info=self.info, scan=self.scan_status)
         task = asyncio.create_task(sup.run(), name="supervisor")

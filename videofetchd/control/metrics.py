@@ -29,7 +29,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Histo
 
 from .. import __version__
 from ..config import parse_listen
-from ..errors import ConfigError
+from ..errors import ListenUnavailable
 from ..queue.jobs import ErrorKind
 from ..queue.models import STATES
 from ..workers.health import DISK_SPACE, DOWNLOAD_DIRECTORY, WORKERS_CANNOT_START, WORKERS_CRASHING
@@ -240,12 +240,14 @@ class MetricsServer:
         self.port = 0
 
     def start(self) -> None:
-        """Listen now; a port taken or an address not ours is a configuration error."""
+        """Listen now; ListenUnavailable (exit 75: systemd tries again) when the address cannot be
+        bound: a port taken, often by an instance still stopping, or an address not up yet."""
         host, port = parse_listen(self.listen)
         try:
             self._server, _thread = start_http_server(port, addr=host, registry=self.registry)
         except OSError as exc:
-            raise ConfigError(f"metrics.listen: cannot listen on {self.listen}: {exc.strerror or exc}") from None
+            raise ListenUnavailable(f"metrics.listen: cannot listen on {self.listen}: "
+                                    f"{exc.strerror or exc}") from None
         self.port = int(self._server.server_address[1])
         log.info("metrics on http://%s/metrics", self.listen)
 
@@ -258,7 +260,7 @@ class MetricsServer:
 
 def serve(listen: str, sup: Supervisor, *, info: ConfigInfo | None = None,
           scan: ScanStatus | None = None) -> MetricsServer:
-    """Start the endpoint for ``sup``; ConfigError when ``listen`` cannot be bound."""
+    """Start the endpoint for ``sup``; ListenUnavailable when ``listen`` cannot be bound."""
     server = MetricsServer(listen, Collector(sup, info=info, scan=scan))
     server.start()
     return server
