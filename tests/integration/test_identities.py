@@ -279,5 +279,29 @@ def test_a_one_shot_fetch_refuses_an_identity_this_host_cannot_bind(tmp_path: Pa
                            download={"identities": [{"name": "far", "source_address": "192.0.2.1"}]})
     add(cfg, ["one"])
     r = vfd.ctl(cfg, "fetch", timeout=60)  # before: every job handed back, a run that never drained
-    assert r.returncode == 78 and "download.identities[0].source_address: 192.0.2.1" in r.stderr, (r.returncode,
-                                                                                                  r.stderr)
+    assert r.returncode == 78, (r.returncode, r.stderr)
+    assert "download.identities[0].source_address: 192.0.2.1" in r.stderr, r.stderr
+
+
+def test_identity_metrics_count_each_attempt_under_its_identity(tmp_path: Path) -> None:
+    from promserver import free_port, scrape
+    port = free_port()
+    with MediaServer(default_size=8 * 1024) as srv:
+        cfg = vfd.write_config(tmp_path, url_template=srv.url_template, metrics={"listen": f"127.0.0.1:{port}"},
+                               download={"identities": identities("ab")})
+        with vfd.running(cfg) as d:
+            add(cfg, ["m1", "m2", "m3", "m4", "e404-m5"])
+            wait_until(lambda: vfd.counts(tmp_path / "queue.db") == {"done": 4, "failed": 1}, timeout=60)
+            rows = {r["video_id"]: r["identity"] for r in vfd.rows(tmp_path / "queue.db")}
+            text = scrape(port)
+            assert d.stop() == 0
+    got = {}
+    for line in text.splitlines():
+        if line.startswith("videofetchd_identity_jobs_total{"):
+            labels, value = line[len("videofetchd_identity_jobs_total{"):].split("} ")
+            parts = dict(p.split("=") for p in labels.split(","))
+            got[(parts["identity"].strip('"'), parts["outcome"].strip('"'))] = float(value)
+    expected = collections.Counter((rows[v], "failed" if v.startswith("e404") else "done") for v in rows)
+    assert {k: v for k, v in got.items() if v} == dict(expected), (got, rows)
+    assert set(got) == {(i, o) for i in "ab" for o in ("done", "failed", "retried")}
+    assert 'videofetchd_identity_paused{identity="a"} 0.0' in text

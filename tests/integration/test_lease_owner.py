@@ -47,8 +47,8 @@ def test_the_owner_names_node_pid_and_scope_and_a_restart_reclaims_only_dead_loc
             assert st["lease_owner"] == f"{NODE}:{d.pid}@daemon" and parse_owner(st["lease_owner"]) == (
                 NODE, d.pid, "daemon")
             db = tmp_path / "queue.db"
-            wait_until(lambda: {r["video_id"] for r in vfd.rows(db) if r["status"] == "done"} == {"deadfetch", "deadold"},
-                       timeout=60, message="the dead local rows were not reclaimed")
+            wait_until(lambda: {r["video_id"] for r in vfd.rows(db) if r["status"] == "done"}
+                       == {"deadfetch", "deadold"}, timeout=60, message="the dead local rows were not reclaimed")
             rows = {r["video_id"]: r for r in vfd.rows(db)}
             for vid in ("livefetch", "othernode"):
                 assert rows[vid]["status"] == "running" and rows[vid]["lease_owner"] == owners[vid], rows[vid]

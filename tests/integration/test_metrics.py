@@ -111,7 +111,8 @@ def test_prometheus_scrapes_a_known_mix(tmp_path: Path) -> None:
                 names = exported_names(text)
                 referenced = referenced_names(RULES.read_text()) | referenced_names(DASHBOARD.read_text())
                 assert referenced - names <= {"videofetchd_identity_running", "videofetchd_identity_budget_tokens",
-                                              "videofetchd_identity_paused_seconds"}, referenced - names
+                                              "videofetchd_identity_paused_seconds", "videofetchd_identity_paused",
+                                              "videofetchd_identity_jobs_total"}, referenced - names
                 # and every dashboard query parses and runs
                 dashboard = json.loads(DASHBOARD.read_text())
                 for panel in dashboard["panels"]:

@@ -45,6 +45,7 @@ WORKER_STATES = ("busy", "idle", "dormant", "restarting")
 #: host conditions that exist from the start (0 until one begins), so alerts see them begin
 KNOWN_CONDITIONS = (DISK_SPACE, DOWNLOAD_DIRECTORY, WORKERS_CANNOT_START, WORKERS_CRASHING)
 #: (outcome, error_kind) series that exist from the start, so rate() sees their first increase
+IDENTITY_OUTCOMES = ("done", "failed", "retried")  #: videofetchd_identity_jobs_total's outcomes, there from the start
 KNOWN_OUTCOMES = [("done", "")] + [("failed", k.value) for k in ErrorKind] + \
     [("retried", k.value) for k in ErrorKind if k not in (ErrorKind.PERMANENT, ErrorKind.INVALID)]
 
@@ -157,6 +158,17 @@ class Collector:
                 starts.add_metric([ident["name"], site["site"]], site["started"])
         yield _gauge("videofetchd_identity_running", "Jobs running under each egress identity (every host).",
                      [({"identity": i["name"]}, i["running"]) for i in idents])
+        yield _gauge("videofetchd_identity_paused", "1 while an identity takes no jobs at all on this daemon "
+                     "(its source_address cannot be bound); per-site throttling: identity_paused_seconds.",
+                     [({"identity": i["name"]}, int(i["fault"] is not None)) for i in idents])
+        jobs = CounterMetricFamily("videofetchd_identity_jobs", "Attempts that ended under an egress identity, "
+                                   "by outcome (done, failed for good, retried later), on this daemon.",
+                                   labels=["identity", "outcome"])
+        tally = dict(sup.stats.by_identity)
+        for name in sorted({i["name"] for i in idents} | {n for n, _ in tally}):
+            for outcome in IDENTITY_OUTCOMES:
+                jobs.add_metric([name, outcome], tally.get((name, outcome), 0))
+        yield jobs
         yield _gauge("videofetchd_identity_budget_tokens",
                      "Starts an identity may make on a site right now (its token bucket).", tokens)
         yield _gauge("videofetchd_identity_paused_seconds",
