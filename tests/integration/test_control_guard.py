@@ -250,6 +250,44 @@ def _python_for_nobody() -> str:
     pytest.skip("no Python interpreter user nobody can run")
 
 
+SWITCHER = r"""
+import json, os, pwd, socket, sys
+path, before, after = sys.argv[1], json.loads(sys.argv[2]), json.loads(sys.argv[3])
+nobody = pwd.getpwnam("nobody")
+def become(groups):  # supplementary groups, then uid nobody; the saved uid stays root to come back
+    os.seteuid(0)
+    os.setgroups(groups)
+    os.setresgid(nobody.pw_gid, nobody.pw_gid, 0)
+    os.setresuid(nobody.pw_uid, nobody.pw_uid, 0)
+become(before)
+s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+s.connect(path)
+become(after)  # what the process is when it sends the request, long after connect()
+s.sendall(b'{"cmd": "pause"}\n')
+print(s.makefile().readline(), end="", flush=True)
+"""
+
+
+@pytest.mark.parametrize("before, after, allowed", [([], [0], False), ([0], [], True)])
+def test_the_permission_is_judged_on_the_credentials_of_connect(shared_socket: Path, before: list[int],
+                                                                after: list[int], allowed: bool) -> None:
+    """A peer joins the socket's group (gid 0 here) only after connecting: refused, and one that
+    left it after connecting is still the member it was. Before, the groups were read from
+    /proc/PID at request time: whatever that pid was by then."""
+    cfg = vfd.write_config(shared_socket, url_template="http://127.0.0.1:9/v/{id}.mp4",
+                           control={"socket": str(shared_socket / "control.sock"), "mode": "0666"})
+    with running(cfg):
+        assert os.stat(sock_of(cfg)).st_gid == 0
+        r = subprocess.run([vfd.PY, "-c", SWITCHER, sock_of(cfg), json.dumps(before), json.dumps(after)],
+                           capture_output=True, text=True, timeout=30)
+        assert r.returncode == 0, r.stderr
+        reply = json.loads(r.stdout)
+        if allowed:
+            assert "error" not in reply and vfd.status(cfg)["state"] == "paused", reply
+        else:
+            assert "permission denied" in reply["error"] and vfd.status(cfg)["state"] == "running", reply
+
+
 def test_another_user_cannot_crowd_out_root_or_cost_a_core(shared_socket: Path) -> None:
     exe = _python_for_nobody()
     cfg = vfd.write_config(shared_socket, url_template="http://127.0.0.1:9/v/{id}.mp4",

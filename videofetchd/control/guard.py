@@ -37,11 +37,57 @@ RATE_OTHER = (20.0, 40.0)  #: the same for every other user (a ``nudge`` flood c
 PROBE_TIMEOUT_S = 2.0
 
 
+SO_PEERGROUPS = getattr(socket, "SO_PEERGROUPS", 59)  #: Linux >= 4.13; Python does not name it
+
+
 def peer_creds(sock: socket.socket) -> tuple[int, int, int]:
-    """(pid, uid, gid) of the process at the other end of a Unix socket."""
+    """(pid, uid, gid) of the process at the other end of a Unix socket, as they were when it
+    called connect() (the kernel keeps them from then on)."""
     pid, uid, gid = struct.unpack("3i", sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED,
                                                         struct.calcsize("3i")))
     return pid, uid, gid
+
+
+@dataclass(frozen=True)
+class Peer:
+    """Who connected, read once when the connection is accepted and used for every decision
+    about it: the uid, the primary and supplementary groups as they were at connect() (never
+    /proc/PID later, when the peer may have exited, its pid been reused, its groups changed, or
+    its descriptor passed to another process)."""
+
+    pid: int
+    uid: int
+    gid: int
+    groups: frozenset[int]
+
+
+def peer_of(sock: socket.socket) -> Peer:
+    pid, uid, gid = peer_creds(sock)
+    return Peer(pid, uid, gid, _peer_groups(sock, pid))
+
+
+def _peer_groups(sock: socket.socket, pid: int) -> frozenset[int]:
+    size = 4 * 64
+    while True:
+        try:
+            raw = sock.getsockopt(socket.SOL_SOCKET, SO_PEERGROUPS, size)
+            return frozenset(struct.unpack(f"{len(raw) // 4}I", raw[: len(raw) // 4 * 4]))
+        except OSError as exc:
+            if exc.errno == errno.ERANGE and size < 4 * 65536:
+                size = 4 * 65536  # NGROUPS_MAX
+                continue
+            if exc.errno not in (errno.ENOPROTOOPT, errno.EINVAL):
+                return frozenset()
+            break
+    # a kernel before 4.13: /proc now, at accept, is the nearest we can get to connect()
+    try:
+        with open(f"/proc/{pid}/status", encoding="ascii") as f:
+            for line in f:
+                if line.startswith("Groups:"):
+                    return frozenset(int(g) for g in line.split()[1:])
+    except (OSError, ValueError):
+        pass
+    return frozenset()
 
 
 def probe(path: str, timeout: float = PROBE_TIMEOUT_S) -> dict[str, Any] | None:
