@@ -16,6 +16,7 @@ from typing import Any, Iterator
 import pytest
 
 import vfd
+from helpers import wait_until
 from mediaserver import MediaServer
 from netproxy import FreezableProxy
 from sites import Site
@@ -203,6 +204,41 @@ def test_expand_playlists_queues_each_entry_as_a_row_of_its_own(tmp_path: Path, 
     # queueing the feed again adds nothing: its entries are known by the same keys `add URL` uses
     again = vfd.ctl(cfg, "add", media.url("xfeed0"))
     assert "added 0, already known 1" in again.stdout, again.stdout + again.stderr
+
+
+def test_an_expanded_playlist_is_counted_once_and_its_rows_at_once(tmp_path: Path, media: MediaServer,
+                                                                   site: Site) -> None:
+    """The daemon's cached counts, counters and metrics account for a playlist exactly once (its
+    row done, no file) and for its entries as queued rows, the moment it is recorded: before,
+    the row stayed "running" in the counts and out of videofetchd_jobs_finished_total."""
+    from promserver import free_port, scrape
+    for i in range(3):
+        media.configure(f"slowentry{i}", size=64 * 1024, rate_bps=64 * 1024)  # ~1 s each: time to look
+    port = free_port()
+    cfg = vfd.write_config(tmp_path, url_template=media.url_template, metrics={"listen": f"127.0.0.1:{port}"},
+                           download={"workers": 1, "expand_playlists": True, "allow_addresses": vfd.LOCAL})
+    feed = site.page("/slow.rss", _feed(media, "slowentry", 3), "application/rss+xml")
+    with vfd.running(cfg) as d:
+        wait_until(lambda: vfd.status(cfg)["queue"], timeout=20)  # the first count is in
+        assert vfd.ctl(cfg, "add", feed).returncode == 0
+        replies = []
+
+        def settled() -> bool:
+            st = vfd.status(cfg)
+            replies.append(st)
+            return st["counters"]["completed"] == 4
+
+        wait_until(settled, timeout=60, interval=0.05, message="the playlist and its entries did not finish")
+        text = scrape(port)
+        assert d.stop() == 0
+    for r in replies:  # every reply: the counts agree with the counters, and no row is lost or doubled
+        q, c = r["queue"], r["counters"]
+        assert q["done"] == c["completed"] and q["failed"] == c["failed"] == 0, (q, c)
+        if c["completed"] >= 1:
+            assert q["queued"] + q["running"] + q["done"] == 4, q
+    assert 'videofetchd_jobs_finished_total{error_kind="",outcome="done"} 4.0' in text, text
+    rows = by_id(tmp_path)
+    assert len(rows) == 4 and all(r["status"] == "done" for r in rows.values()), rows
 
 
 # -- escape sequences -------------------------------------------------------------------------------

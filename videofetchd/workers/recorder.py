@@ -131,7 +131,10 @@ class Recorder:
         if o.ok and o.entries:
             kept, added = await self.db(playlists.expand, st, job.row_id, token, o.entries, extractor=o.extractor)
             self.counters.completed += kept
-            if kept:
+            if kept:  # the playlist's row is done once, like a download; its new rows are queued
+                self._tally("done", "", "done", job.identity)
+                if self.queue_counts:
+                    self.queue_counts["queued"] = self.queue_counts.get("queued", 0) + added
                 log.info("job %s: a playlist of %d entries, queued as rows (%d new)", job.video_id,
                          len(o.entries), added)
         elif o.ok:
