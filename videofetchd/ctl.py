@@ -272,9 +272,10 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--json", action="store_true")
     s.add_argument("--watch", nargs="?", type=float, const=2.0, metavar="SECONDS",
                    help="redraw every SECONDS (default 2) until Ctrl-C")
-    for name, text in (("reload", "re-read the config (like SIGHUP)"), ("pause", "stop claiming new jobs"),
-                       ("resume", "claim jobs again")):
-        sub.add_parser(name, parents=[common], help=text)
+    for name, text in (("reload", "re-read the config (like SIGHUP); exit 0 loaded, 1 refused (the old config "
+                                  "stays), 3 not running"),
+                       ("pause", "stop claiming new jobs"), ("resume", "claim jobs again")):
+        sub.add_parser(name, parents=[common], help=text, description=text)
     s = sub.add_parser("add", parents=[common], help="queue video IDs or URLs (known IDs are kept as they are)")
     s.add_argument("items", nargs="*", metavar="ID_OR_URL")
     s.add_argument("--file", metavar="F", help="read one ID or URL per line from F (- for stdin)")

@@ -417,3 +417,22 @@ def test_teardown_leaves_no_daemon(tmp_path: Path) -> None:
     d = vfd.Daemon(cfg)
     shutdown(d)
     assert d.proc.poll() is not None
+
+
+def test_reload_exit_codes_are_the_documented_ones(tmp_path: Path) -> None:
+    """0 loaded, 1 refused (old config kept), 3 not running: as `reload --help` and the README say."""
+    cfg = vfd.write_config(tmp_path, url_template="http://127.0.0.1:9/v/{id}.mp4")
+    helptext = vfd.ctl(cfg, "reload", "--help").stdout
+    assert "exit 0 loaded, 1 refused (the old config stays), 3 not running" in " ".join(helptext.split())
+    readme = " ".join((REPO / "README.md").read_text().split())
+    assert "0 done (`reload`: the new file is in use), 1 refused" in readme
+    with running(cfg):
+        r = vfd.ctl(cfg, "reload")
+        assert (r.returncode, r.stdout) == (0, "reload: ok (generation 2)\n"), r.stderr
+        good = cfg.read_text()
+        cfg.write_text(good + "download: {workers: many}\n")
+        r = vfd.ctl(cfg, "reload")
+        assert r.returncode == 1 and "reload refused, old configuration kept" in r.stderr, r.stderr
+        cfg.write_text(good)
+    r = vfd.ctl(cfg, "reload")
+    assert r.returncode == 3, (r.returncode, r.stderr)
