@@ -305,3 +305,18 @@ def test_identity_metrics_count_each_attempt_under_its_identity(tmp_path: Path) 
     assert {k: v for k, v in got.items() if v} == dict(expected), (got, rows)
     assert set(got) == {(i, o) for i in "ab" for o in ("done", "failed", "retried")}
     assert 'videofetchd_identity_paused{identity="a"} 0.0' in text
+
+
+def test_a_reload_to_an_identity_this_host_cannot_bind_keeps_the_old_config(tmp_path: Path) -> None:
+    cfg = vfd.write_config(tmp_path, url_template="http://127.0.0.1:9/v/{id}.mp4",
+                           download={"identities": identities("a")})
+    with vfd.running(cfg) as d:
+        data = yaml.safe_load(cfg.read_text())
+        data["download"]["identities"][0]["source_address"] = "192.0.2.1"
+        cfg.write_text(yaml.safe_dump(data))
+        r = vfd.ctl(cfg, "reload")
+        assert r.returncode == 1 and "download.identities[0].source_address: 192.0.2.1 is not an address" \
+            in r.stderr, (r.returncode, r.stderr)
+        st = vfd.status(cfg)
+        assert st["config"]["generation"] == 1 and st["identities"][0]["source_address"] == "127.0.0.2", st
+        assert d.stop() == 0
