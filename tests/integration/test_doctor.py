@@ -23,7 +23,7 @@ from hostfs import immutable, tmpfs
 from vfd import running
 
 TEMPLATE = "http://127.0.0.1:9/v/{id}.mp4"
-NAMES = ["config", "database", "download_directory", "free_space", "control_socket"]
+NAMES = ["config", "database", "download_directory", "free_space", "control_socket", "identities"]
 
 
 def doctor(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
@@ -54,7 +54,7 @@ def test_a_good_set_up_is_all_ok(tmp_path: Path) -> None:
     # nothing was created by looking
     assert not (tmp_path / "queue.db").exists() and not (tmp_path / "videos").exists()
     human = doctor("--config", str(cfg))
-    assert human.returncode == 0 and len(human.stdout.strip().splitlines()) == 5, human.stdout
+    assert human.returncode == 0 and len(human.stdout.strip().splitlines()) == len(NAMES), human.stdout
     assert all(line.split()[0] == "ok" for line in human.stdout.splitlines()), human.stdout
     # once the daemon has made the database: reachable, with its schema version
     with running(cfg) as d:
@@ -63,8 +63,8 @@ def test_a_good_set_up_is_all_ok(tmp_path: Path) -> None:
         assert code == 1 and found["control_socket"]["status"] == "error"  # a daemon is on it now
         assert f"videofetchd pid {d.pid} already answers" in found["control_socket"]["detail"]
         assert d.stop() == 0
-    assert "start-up checks: config ok, database ok, download_directory ok, free_space ok, control_socket ok" \
-        in d.log_path.read_text()
+    assert ("start-up checks: config ok, database ok, download_directory ok, free_space ok, control_socket ok, "
+            "identities ok") in d.log_path.read_text()
 
 
 def test_no_config_at_all_says_how_to_name_one(tmp_path: Path) -> None:

@@ -22,7 +22,7 @@ from dataclasses import asdict, dataclass
 from .. import config as config_mod
 from ..config import Config
 from ..errors import ConfigError
-from ..workers.hostprobe import human_size, probe_directory, probe_space
+from ..workers.hostprobe import human_size, probe_directory, probe_space, source_problems
 from .guard import probe, who
 
 OK, WARNING, ERROR = "ok", "warning", "error"
@@ -146,6 +146,18 @@ def check_control_socket(ctx: Context) -> Check:
     return Check("control_socket", OK, f"{path} is free{stale}")
 
 
+def check_identities(ctx: Context) -> Check:
+    """Each identity's source_address can be bound here (else every job of it would fail)."""
+    assert ctx.cfg is not None
+    idents = ctx.cfg.download.identities
+    problems = source_problems(ctx.cfg.download)
+    if problems:
+        return Check("identities", ERROR, "; ".join(problems))
+    bound = sum(1 for i in idents if i.source_address)
+    return Check("identities", OK, f"{len(idents)} configured, {bound} with a source_address this host can bind"
+                 if idents else "none configured (one implicit identity: the default route)")
+
+
 CheckFn = Callable[[Context], Check]
 #: (name, function, run by the daemon at start); printed in this order
 CHECKS: list[tuple[str, CheckFn, bool]] = [
@@ -154,6 +166,7 @@ CHECKS: list[tuple[str, CheckFn, bool]] = [
     ("download_directory", check_download_directory, True),
     ("free_space", check_free_space, True),
     ("control_socket", check_control_socket, True),
+    ("identities", check_identities, True),
 ]
 
 

@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import dataclasses
+import errno
 import functools
 import logging
 import os
@@ -23,7 +24,7 @@ from typing import Any
 from ..config import Config, DownloadConfig
 from ..queue.dblink import DB_CALL_TIMEOUT_S, DbLink
 from ..errors import DatabaseGone, DatabaseUnavailable, HostFault, InvalidVideoId, SupervisorFailed
-from ..queue.jobs import Job, Outcome, site_of, url_for
+from ..queue.jobs import Job, Outcome, lease_owner, site_of, url_for
 from .breaker import CrashBreaker
 from .health import Health
 from .hostwatch import HostWatch
@@ -50,7 +51,7 @@ class Supervisor:
         self.node = node
         # the pid makes the lease owner unique per process: a one-shot fetch next to the daemon,
         # or a restarted daemon, must never renew (or release) another process's leases
-        self.owner = f"{node}:{os.getpid()}"
+        self.owner = lease_owner(node, os.getpid(), "fetch" if one_shot else "daemon")
         self.one_shot = one_shot
         self.generation = 1
         self.state = "starting"
@@ -240,6 +241,8 @@ class Supervisor:
                 outcome = self.pool.lost_child(slot, reason, exc, self.cfg.download)
             if outcome.condition is not None:  # the host, not the row: pause; the row is handed back
                 self.hostwatch.job_fault(outcome.condition, outcome.error or "")
+            elif outcome.kind is None and outcome.errno == errno.EADDRNOTAVAIL and job.identity:
+                self.egress.fault(job.identity, outcome.error or "")  # the identity's, not the row's
             await self._record(job, dataclasses.replace(outcome, files=files))
 
     async def _give_up(self, slot: Slot) -> None:
