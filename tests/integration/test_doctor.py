@@ -161,3 +161,16 @@ def test_the_daemon_starts_paused_when_the_directory_check_fails(tmp_path: Path)
         assert d.stop() == 0
     log = d.log_path.read_text()
     assert "start-up checks: config ok, database ok, download_directory error (" in log, log
+
+
+def test_a_daemon_that_holds_the_lock_but_does_not_answer_is_an_error(tmp_path: Path) -> None:
+    cfg = config(tmp_path)
+    sock = tmp_path / "control.sock"
+    with running(cfg) as d:
+        wait_until(lambda: sock.exists(), timeout=30)
+        sock.unlink()  # the socket file is gone (a cleaner in /run?): the daemon holds its lock all the same
+        code, found = checks(cfg)
+        assert code == 1 and found["control_socket"]["status"] == "error", found
+        assert f"pid {d.proc.pid}" in found["control_socket"]["detail"], found
+    code, found = checks(cfg)  # the daemon stopped: the lock is free again
+    assert found["control_socket"]["status"] == "ok", found

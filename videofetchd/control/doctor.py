@@ -23,7 +23,7 @@ from .. import config as config_mod
 from ..config import Config
 from ..errors import ConfigError
 from ..workers.hostprobe import human_size, probe_directory, probe_space, source_problems
-from .guard import probe, who
+from .guard import lock_holder, lock_path, probe, who
 
 OK, WARNING, ERROR = "ok", "warning", "error"
 
@@ -129,6 +129,15 @@ def check_control_socket(ctx: Context) -> Check:
     if answer is not None:
         return Check("control_socket", ERROR, f"{who(answer)} already answers on {path}: a second daemon "
                                               "on this socket would be refused (expected while the service runs)")
+    try:
+        holder = lock_holder(path)
+    except OSError as exc:
+        return Check("control_socket", WARNING, f"cannot open {lock_path(path)}: {exc.strerror} (checked as "
+                                                f"{_user()}; the daemon's user can)")
+    if holder is not None:
+        return Check("control_socket", ERROR, f"a videofetchd ({holder}) holds {lock_path(path)} but does not "
+                                              f"answer on {path}: hung, or its socket file was removed; a second "
+                                              "daemon would be refused")
     directory = os.path.dirname(os.path.abspath(path))
     if not os.path.isdir(directory):
         fault = probe_directory(directory, create=False)

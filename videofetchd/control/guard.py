@@ -165,6 +165,26 @@ def take_socket(path: str) -> tuple[int, bool]:
         raise
 
 
+def lock_holder(path: str) -> str | None:
+    """Who holds the lock of the socket at ``path`` (``"pid N"``), or None when nobody does or the
+    lock file is missing. PermissionError when it cannot be opened (another user's daemon). The
+    doctor asks this: a daemon that holds its lock but does not answer (hung, or the socket file
+    removed) still refuses a second daemon."""
+    try:
+        fd = os.open(lock_path(path), os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+    except FileNotFoundError:
+        return None
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+        except BlockingIOError:
+            return _holder(fd)
+        fcntl.flock(fd, fcntl.LOCK_UN)
+        return None
+    finally:
+        os.close(fd)
+
+
 def _holder(fd: int) -> str:
     """The lock holder as its lock file names it (it writes its pid just after locking)."""
     try:
