@@ -53,7 +53,11 @@ def main() -> int:
     from .ctl import COMMANDS
     if _first_word(argv) in (*COMMANDS, "list", "export", "scan", "import-archive", "export-archive"):
         from .ctl import main as ctl_main
-        return ctl_main(argv)
+        code = ctl_main(argv)
+        if _first_word(argv) == "fetch":
+            from .errors import exit_now
+            exit_now(code)
+        return code
     from .cli import main as daemon_main
     return daemon_main(argv)
 

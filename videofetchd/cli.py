@@ -39,6 +39,8 @@ def main(argv: list[str] | None = None) -> int:
         return check(args.config, as_json=args.json)
     try:
         cfg = config_mod.load(args.config)
+        from .workers.hostprobe import check_sources
+        check_sources(cfg)  # an identity's source_address this host does not have: 78, not failed jobs
         if args.check_config:
             print(f"{cfg.path}: configuration is valid")
             return EXIT_OK

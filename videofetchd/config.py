@@ -45,7 +45,7 @@ class DatabaseConfig:
     url: str = "sqlite:////var/lib/videofetchd/videofetchd.db"
     poll_interval: float = _duration(5.0, minimum=0.05)  # seconds between queue polls
     lease_duration: float = _duration(90.0, minimum=2.0)  # seconds a claim is valid without renewal
-    node_name: str = ""  # this host's name in status and lease_owner ("<node_name>:<pid>"); empty = hostname
+    node_name: str = ""  # this host's name in status and lease_owner ("<node_name>:<pid>@<scope>"); empty = hostname
 
 
 @dataclass(frozen=True)
@@ -329,8 +329,28 @@ def load(path: str | os.PathLike[str] | None = None, *, missing_ok: bool = False
     try:
         data = yaml.safe_load(text)
     except yaml.YAMLError as exc:
-        raise ConfigError(f"{path}: invalid YAML: {exc}") from None
+        raise ConfigError(yaml_error(path, exc, text)) from None
     return from_dict(data, path)
+
+
+def yaml_error(path: str, exc: yaml.YAMLError, text: str = "") -> str:
+    """One line: ``config PATH: line N, column M: PROBLEM (YAML syntax ...)``. PyYAML's own text
+    is several lines with a quoted excerpt and a caret, which a journal shows as a mess."""
+    mark = getattr(exc, "problem_mark", None)
+    problem = getattr(exc, "problem", None)
+    if isinstance(exc, yaml.reader.ReaderError):  # a character YAML refuses: only an offset is known
+        pos = exc.position
+        line, column = text.count("\n", 0, pos) + 1, pos - text.rfind("\n", 0, pos)
+        char = exc.character if isinstance(exc.character, int) else ord(exc.character)
+        return f"config {path}: line {line}, column {column}: character #x{char:04x} is not allowed (YAML syntax error)"
+    if mark is None or not problem:
+        return f"config {path}: YAML syntax error: " + " ".join(str(exc).split())
+    where = f"line {mark.line + 1}, column {mark.column + 1}"
+    context, cmark = getattr(exc, "context", None), getattr(exc, "context_mark", None)
+    if context and cmark is not None and (cmark.line, cmark.column) != (mark.line, mark.column):
+        return (f"config {path}: {where}: {problem} (YAML syntax error {context} that starts at "
+                f"line {cmark.line + 1}, column {cmark.column + 1})")
+    return f"config {path}: {where}: {problem} (YAML syntax error{' ' + context if context else ''})"
 
 
 def keep_restart_keys(old: Config, new: Config) -> Config:

@@ -20,7 +20,10 @@ from .errors import ConfigError
 
 _DURATION_UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
 _SIZE_UNITS = {"": 1, "b": 1, "k": 1000, "kb": 1000, "kib": 1024, "m": 1000**2, "mb": 1000**2,
-               "mib": 1024**2, "g": 1000**3, "gb": 1000**3, "gib": 1024**3}
+               "mib": 1024**2, "g": 1000**3, "gb": 1000**3, "gib": 1024**3, "t": 1000**4, "tb": 1000**4,
+               "tib": 1024**4}
+#: what a size error lists (a library disk is counted in TB, so min_free_space may be too)
+SIZE_HINT = "expected a size such as 512MiB or 2TiB (units: B, kB, KiB, MB, MiB, GB, GiB, TB, TiB; case ignored)"
 
 
 def parse_duration(value: Any) -> float:
@@ -41,12 +44,12 @@ def parse_duration(value: Any) -> float:
 def parse_size(value: Any) -> int:
     """Bytes from a number or a string such as ``512MiB``."""
     if isinstance(value, bool):
-        raise ValueError("expected a size such as 512MiB")
+        raise ValueError(SIZE_HINT)
     if isinstance(value, int):
         return value
     m = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([a-zA-Z]*)\s*", str(value))
     if not m or m.group(2).lower() not in _SIZE_UNITS:
-        raise ValueError("expected a size such as 512MiB")
+        raise ValueError(SIZE_HINT)
     return int(float(m.group(1)) * _SIZE_UNITS[m.group(2).lower()])
 
 

@@ -23,7 +23,7 @@ from . import __version__
 from . import config as config_mod
 from .control.display import Screen, format_status, terminal_size
 from .errors import (EXIT_FAILURE, EXIT_INTERRUPTED, EXIT_OK, EXIT_USAGE, ControlError, InvalidVideoId, NotRunning,
-                     VideofetchdError)
+                     VideofetchdError, exit_now)
 from .control.protocol import ProtocolError, decode_reply, encode
 from .text import printable
 
@@ -272,9 +272,10 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--json", action="store_true")
     s.add_argument("--watch", nargs="?", type=float, const=2.0, metavar="SECONDS",
                    help="redraw every SECONDS (default 2) until Ctrl-C")
-    for name, text in (("reload", "re-read the config (like SIGHUP)"), ("pause", "stop claiming new jobs"),
-                       ("resume", "claim jobs again")):
-        sub.add_parser(name, parents=[common], help=text)
+    for name, text in (("reload", "re-read the config (like SIGHUP); exit 0 loaded, 1 refused (the old config "
+                                  "stays), 3 not running"),
+                       ("pause", "stop claiming new jobs"), ("resume", "claim jobs again")):
+        sub.add_parser(name, parents=[common], help=text, description=text)
     s = sub.add_parser("add", parents=[common], help="queue video IDs or URLs (known IDs are kept as they are)")
     s.add_argument("items", nargs="*", metavar="ID_OR_URL")
     s.add_argument("--file", metavar="F", help="read one ID or URL per line from F (- for stdin)")
@@ -299,15 +300,43 @@ COMMANDS = {"status": cmd_status, "reload": cmd_simple, "pause": cmd_simple, "re
             "add": cmd_add, "retry": cmd_retry, "fetch": cmd_fetch}
 
 
+#: options whose value is a video ID, which may start with '-' (YouTube's -8LkfJYfx2Q)
+ID_OPTIONS = ("--after",)
+
+
+def _glue_id_values(argv: list[str]) -> list[str]:
+    """``--after -8LkfJYfx2Q`` as ``--after=-8LkfJYfx2Q``: argparse takes a value that starts with
+    '-' for an option and stops ("expected one argument"). Nothing after ``--`` is touched."""
+    out: list[str] = []
+    it = iter(argv)
+    for arg in it:
+        if arg == "--":
+            out += [arg, *it]
+            break
+        if arg in ID_OPTIONS:
+            value = next(it, None)
+            if value is not None and value.startswith("-") and not value.startswith("--"):
+                out.append(f"{arg}={value}")
+                continue
+            out += [arg] if value is None else [arg, value]
+            continue
+        out.append(arg)
+    return out
+
+
 def main(argv: list[str] | None = None, out: TextIO | None = None) -> int:
     parser = build_parser()
-    args, extra = parser.parse_known_args(argv)
+    args, extra = parser.parse_known_args(_glue_id_values(sys.argv[1:] if argv is None else list(argv)))
     if extra:
-        # YouTube IDs may start with '-' (-8LkfJYfx2Q): for `add`, anything argparse does not know
-        # is an ID to validate like the others; elsewhere it is a usage error
-        if args.command != "add" or any(a.startswith("--") and "=" not in a and len(a) > 2 for a in extra):
+        # YouTube IDs may start with '-' (-8LkfJYfx2Q): for `add` and `retry`, anything argparse
+        # does not know is an ID to validate like the others; elsewhere it is a usage error
+        if args.command not in ("add", "retry") or any(a.startswith("--") and "=" not in a and len(a) > 2
+                                                       for a in extra):
             parser.error(f"unrecognized arguments: {' '.join(extra)}")
-        args.items = [*args.items, *extra]
+        if args.command == "add":
+            args.items = [*args.items, *extra]
+        else:
+            args.ids = [*args.ids, *extra]
     args.verbose = getattr(args, "verbose", False)
     out = out or sys.stdout
     path = getattr(args, "config", None)
@@ -345,6 +374,15 @@ def main(argv: list[str] | None = None, out: TextIO | None = None) -> int:
         devnull = os.open(os.devnull, os.O_WRONLY)
         os.dup2(devnull, sys.stdout.fileno())  # so that the interpreter's final flush stays quiet
         return EXIT_OK
+
+
+def run() -> None:
+    """The ``videofetchctl`` console script: ``main``, and a quick exit after ``fetch``."""
+    argv = sys.argv[1:]
+    code = main(argv)
+    if build_parser().parse_known_args(argv)[0].command == "fetch":
+        exit_now(code)
+    sys.exit(code)
 
 
 if __name__ == "__main__":

@@ -21,8 +21,10 @@ from . import config as config_mod
 from .config import Config
 from .errors import ConfigError
 from .control.server import ConfigInfo, ControlServer, ScanStatus, snapshot
+from .queue.jobs import parse_owner
 from .queue.store import Store, open_store, redact
 from .control import doctor
+from .workers.hostprobe import check_sources
 from .workers.slots import pid_alive, remove_stale_tempdirs
 from .workers.supervisor import Supervisor
 from .workers import stack as stack_mod
@@ -95,7 +97,7 @@ class Daemon:
         except OSError as exc:
             raise ConfigError(f"control.socket: cannot listen on {self.cfg.control.socket}: "
                               f"{exc.strerror or exc}") from exc
-        if self.cfg.metrics.listen:  # a port taken is a ConfigError; run() stops the control server
+        if self.cfg.metrics.listen:  # a port taken: ListenUnavailable (75); run() stops the control server
             from .control.metrics import serve
             self.metrics = serve(self.cfg.metrics.listen, sup, info=self.info, scan=self.scan_status)
         task = asyncio.create_task(sup.run(), name="supervisor")
@@ -200,6 +202,7 @@ class Daemon:
         sup.state = "reloading"
         try:
             new = config_mod.load(self.info.path)
+            check_sources(new)
         except ConfigError as exc:
             self.info.last_reload_error = str(exc)
             log.error("reload failed, keeping the previous configuration: %s", exc)
@@ -355,13 +358,17 @@ class Daemon:
         return ", ".join(parts)
 
     def _requeue_dead_local(self, store: Store) -> None:
-        """Rows leased by an earlier process of this node ("<node>:<pid>") whose pid is gone
-        need not wait for their lease to expire."""
+        """Rows leased by an earlier process of this node ("<node>:<pid>@<scope>": a daemon, a
+        one-shot fetch) whose pid is gone need not wait for their lease to expire. A live pid's rows
+        are left alone, whoever it is: a fetch beside us, or a pid reused (their leases expire)."""
         node = self.cfg.node_name()
         dead = []
         for owner in store.lease_owners():
-            name, _, pid = owner.rpartition(":")
-            if name == node and pid.isdigit() and int(pid) != os.getpid() and not pid_alive(int(pid)):
+            parsed = parse_owner(owner)
+            if parsed is None or parsed[0] != node:
+                continue
+            pid = parsed[1]
+            if pid != os.getpid() and not pid_alive(pid):
                 dead.append(owner)
         if dead:
             n = store.requeue_owned(dead, self.cfg.download.max_attempts)

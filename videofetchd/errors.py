@@ -7,15 +7,34 @@ This module imports nothing from the package.
 
 from __future__ import annotations
 
+import atexit
+import os
+import sys
+from typing import NoReturn
+
 EXIT_OK = 0
 EXIT_FAILURE = 1  #: some jobs failed (one-shot fetch), or an unexpected error
 EXIT_USAGE = 2  #: bad command line or bad input (argparse uses 2 too)
 EXIT_NOT_RUNNING = 3  #: LSB "program is not running" (videofetchctl status)
-#: EX_TEMPFAIL: the database is unreachable at start or its file vanished, or another daemon holds
-#: the control socket; systemd may retry
+#: EX_TEMPFAIL: the database is unreachable at start or its file vanished, another daemon holds
+#: the control socket, or metrics.listen cannot be bound; systemd may retry
 EXIT_TEMPFAIL = 75
 EXIT_CONFIG = 78  #: EX_CONFIG: the configuration is invalid; RestartPreventExitStatus=78
 EXIT_INTERRUPTED = 130  #: 128 + SIGINT: a videofetchctl command stopped by Ctrl-C
+
+
+def exit_now(code: int) -> NoReturn:
+    """End the process after a one-shot ``fetch``: atexit handlers run and output is flushed as
+    at any exit, but the interpreter does not then tear down every object one by one (30-60 ms
+    after a fetch, which the user waits for, and the kernel frees it all anyway). Only when the
+    command is done: no thread may still be working."""
+    atexit._run_exitfuncs()
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            stream.flush()
+        except (OSError, ValueError):
+            pass
+    os._exit(code)
 
 
 class VideofetchdError(Exception):
@@ -28,6 +47,14 @@ class ConfigError(VideofetchdError):
     """The configuration file is missing, unreadable or invalid."""
 
     exit_code = EXIT_CONFIG
+
+
+class ListenUnavailable(VideofetchdError):
+    """An address to listen on (``metrics.listen``) cannot be bound at start: the port is taken
+    (an old instance still stopping, another program) or the address is not up yet. EX_TEMPFAIL,
+    so that systemd's Restart= tries again; the message names the address."""
+
+    exit_code = EXIT_TEMPFAIL
 
 
 class DatabaseUnavailable(VideofetchdError):

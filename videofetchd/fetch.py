@@ -30,6 +30,7 @@ from .queue.store import open_store
 from .errors import HostFault
 from .text import printable
 from .workers.health import WORKERS_CANNOT_START
+from .workers.hostprobe import check_sources
 from .workers.slots import remove_stale_tempdirs, start_forkserver
 from .workers.supervisor import Supervisor
 
@@ -98,6 +99,7 @@ async def _run_fetch(cfg: Config, *, num_workers: int | None, existing_videos_di
         _check_workers(num_workers)
         cfg = dataclasses.replace(cfg, download=dataclasses.replace(cfg.download, workers=num_workers))
     _refuse_in_a_worker()
+    check_sources(cfg)  # an identity's source_address this host lacks: refused now, not a run that never drains
     start_forkserver(cfg.download)  # (already running when called by videofetchctl fetch)
     for path in remove_stale_tempdirs():
         log.info("removed %s, left behind by a process that was killed", path)

@@ -8,6 +8,7 @@ the child process), real config files broken by an editor's half-done save.
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import json
 import os
 import pwd
@@ -55,7 +56,8 @@ def test_a_second_daemon_is_refused_and_the_first_stays_reachable(tmp_path: Path
         with running(cfg) as first:
             second = run_daemon(cfg)
             assert second.returncode == 75, (second.returncode, second.stderr)
-            assert f"videofetchd pid {first.pid} already answers on {sock_of(cfg)}" in second.stderr, second.stderr
+            assert (f"another videofetchd (pid {first.pid}) already serves {sock_of(cfg)}: "
+                    f"it holds {sock_of(cfg)}.lock") in second.stderr, second.stderr
             assert "Traceback" not in second.stderr
             # before: the second one unlinked the socket, and its exit left the first unreachable
             assert vfd.status(cfg)["pid"] == first.pid
@@ -74,6 +76,44 @@ def test_a_second_daemon_is_refused_and_the_first_stays_reachable(tmp_path: Path
         # after a clean stop the socket is free again
         with running(cfg) as again:
             assert vfd.status(cfg)["pid"] == again.pid
+
+
+def test_the_lock_is_a_file_only_the_daemon_can_open_and_nobody_else_can_squat(tmp_path: Path) -> None:
+    """The lock is an flock on <socket>.lock (mode 0600, the holder's pid inside), held for the
+    daemon's life. A name in the abstract socket namespace, as before, could be bound by any user
+    first (and was per network namespace): the daemon then refused to start, with nobody running."""
+    import hashlib
+    cfg = vfd.write_config(tmp_path, url_template="http://127.0.0.1:9/v/{id}.mp4")
+    sock = sock_of(cfg)
+    squat = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)  # what any local user could do
+    squat.bind("\0videofetchd-control-" + hashlib.sha256(os.path.realpath(sock).encode()).hexdigest()[:40])
+    try:
+        with running(cfg) as d:
+            lock = Path(sock + ".lock")
+            assert lock.read_text() == f"{d.pid}\n" and lock.stat().st_mode & 0o777 == 0o600
+            probe = os.open(lock, os.O_RDONLY)
+            try:  # held: even a shared lock is refused while the daemon lives
+                with pytest.raises(BlockingIOError):
+                    fcntl.flock(probe, fcntl.LOCK_SH | fcntl.LOCK_NB)
+                assert d.stop() == 0
+                fcntl.flock(probe, fcntl.LOCK_SH | fcntl.LOCK_NB)  # released at exit
+                fcntl.flock(probe, fcntl.LOCK_UN)
+            finally:
+                os.close(probe)
+    finally:
+        squat.close()
+
+
+def test_a_stale_socket_file_with_no_lock_held_is_replaced(tmp_path: Path) -> None:
+    cfg = vfd.write_config(tmp_path, url_template="http://127.0.0.1:9/v/{id}.mp4")
+    sock = sock_of(cfg)
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as old:  # a socket file nobody listens on
+        old.bind(sock)
+    Path(sock + ".lock").write_text("999999\n")  # left by a daemon that died: no lock held
+    with running(cfg) as d:
+        assert vfd.status(cfg)["pid"] == d.pid
+        assert "removed the stale control socket" in d.log()
+        assert d.stop() == 0
 
 
 def test_two_daemons_started_at_once_one_wins(tmp_path: Path) -> None:
@@ -210,6 +250,44 @@ def _python_for_nobody() -> str:
     pytest.skip("no Python interpreter user nobody can run")
 
 
+SWITCHER = r"""
+import json, os, pwd, socket, sys
+path, before, after = sys.argv[1], json.loads(sys.argv[2]), json.loads(sys.argv[3])
+nobody = pwd.getpwnam("nobody")
+def become(groups):  # supplementary groups, then uid nobody; the saved uid stays root to come back
+    os.seteuid(0)
+    os.setgroups(groups)
+    os.setresgid(nobody.pw_gid, nobody.pw_gid, 0)
+    os.setresuid(nobody.pw_uid, nobody.pw_uid, 0)
+become(before)
+s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+s.connect(path)
+become(after)  # what the process is when it sends the request, long after connect()
+s.sendall(b'{"cmd": "pause"}\n')
+print(s.makefile().readline(), end="", flush=True)
+"""
+
+
+@pytest.mark.parametrize("before, after, allowed", [([], [0], False), ([0], [], True)])
+def test_the_permission_is_judged_on_the_credentials_of_connect(shared_socket: Path, before: list[int],
+                                                                after: list[int], allowed: bool) -> None:
+    """A peer joins the socket's group (gid 0 here) only after connecting: refused, and one that
+    left it after connecting is still the member it was. Before, the groups were read from
+    /proc/PID at request time: whatever that pid was by then."""
+    cfg = vfd.write_config(shared_socket, url_template="http://127.0.0.1:9/v/{id}.mp4",
+                           control={"socket": str(shared_socket / "control.sock"), "mode": "0666"})
+    with running(cfg):
+        assert os.stat(sock_of(cfg)).st_gid == 0
+        r = subprocess.run([vfd.PY, "-c", SWITCHER, sock_of(cfg), json.dumps(before), json.dumps(after)],
+                           capture_output=True, text=True, timeout=30)
+        assert r.returncode == 0, r.stderr
+        reply = json.loads(r.stdout)
+        if allowed:
+            assert "error" not in reply and vfd.status(cfg)["state"] == "paused", reply
+        else:
+            assert "permission denied" in reply["error"] and vfd.status(cfg)["state"] == "running", reply
+
+
 def test_another_user_cannot_crowd_out_root_or_cost_a_core(shared_socket: Path) -> None:
     exe = _python_for_nobody()
     cfg = vfd.write_config(shared_socket, url_template="http://127.0.0.1:9/v/{id}.mp4",
@@ -255,13 +333,14 @@ def test_status_and_reload_with_a_broken_config_file_show_the_daemon(tmp_path: P
         cfg.write_text(good + "download: [workers: 3\n")  # an edit half done: not YAML any more
         r = vfd.ctl(cfg, "reload")
         assert r.returncode == 1, (r.returncode, r.stdout, r.stderr)
-        assert "reload refused, old configuration kept" in r.stderr and "invalid YAML" in r.stderr, r.stderr
+        assert "reload refused, old configuration kept" in r.stderr and "YAML syntax error" in r.stderr, r.stderr
         r = vfd.ctl(cfg, "status")
         assert r.returncode == 0, r.stderr
-        assert f"pid {d.pid}" in r.stdout and "last reload FAILED" in r.stdout and "invalid YAML" in r.stdout, r.stdout
+        assert f"pid {d.pid}" in r.stdout and "last reload FAILED" in r.stdout, r.stdout
+        assert "YAML syntax error" in r.stdout, r.stdout
         assert "Traceback" not in r.stderr
         st = json.loads(vfd.ctl(cfg, "status", "--json").stdout)
-        assert "invalid YAML" in st["config"]["last_reload_error"] and st["config"]["generation"] == 1
+        assert "YAML syntax error" in st["config"]["last_reload_error"] and st["config"]["generation"] == 1
         cfg.write_text(good)
         assert vfd.ctl(cfg, "reload").returncode == 0
         assert vfd.status(cfg)["config"]["last_reload_error"] is None
@@ -338,3 +417,22 @@ def test_teardown_leaves_no_daemon(tmp_path: Path) -> None:
     d = vfd.Daemon(cfg)
     shutdown(d)
     assert d.proc.poll() is not None
+
+
+def test_reload_exit_codes_are_the_documented_ones(tmp_path: Path) -> None:
+    """0 loaded, 1 refused (old config kept), 3 not running: as `reload --help` and the README say."""
+    cfg = vfd.write_config(tmp_path, url_template="http://127.0.0.1:9/v/{id}.mp4")
+    helptext = vfd.ctl(cfg, "reload", "--help").stdout
+    assert "exit 0 loaded, 1 refused (the old config stays), 3 not running" in " ".join(helptext.split())
+    readme = " ".join((REPO / "README.md").read_text().split())
+    assert "0 done (`reload`: the new file is in use), 1 refused" in readme
+    with running(cfg):
+        r = vfd.ctl(cfg, "reload")
+        assert (r.returncode, r.stdout) == (0, "reload: ok (generation 2)\n"), r.stderr
+        good = cfg.read_text()
+        cfg.write_text(good + "download: {workers: many}\n")
+        r = vfd.ctl(cfg, "reload")
+        assert r.returncode == 1 and "reload refused, old configuration kept" in r.stderr, r.stderr
+        cfg.write_text(good)
+    r = vfd.ctl(cfg, "reload")
+    assert r.returncode == 3, (r.returncode, r.stderr)

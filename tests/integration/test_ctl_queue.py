@@ -240,6 +240,23 @@ def test_retry_failed(config: Path) -> None:
     assert "requeued 0" in vfd.ctl(config, "retry", "--failed").stdout
 
 
+def test_ids_with_a_leading_dash_for_retry_and_list_after(config: Path) -> None:
+    """YouTube IDs may start with '-': ``retry -8LkfJYfx2Q``, ``retry -- -8LkfJYfx2Q`` and
+    ``list --after -8LkfJYfx2Q`` (space or '=') take them as IDs, not as unknown options."""
+    assert vfd.ctl(config, "add", "a0", "-8LkfJYfx2Q", "-Zz9", "b1").returncode == 0
+    fail_all(config, "-8LkfJYfx2Q", "-Zz9")
+    r = vfd.ctl(config, "retry", "-8LkfJYfx2Q")
+    assert r.returncode == 0 and "requeued 1" in r.stdout, r.stdout + r.stderr
+    r = run("retry", "--config", str(config), "--", "-Zz9")
+    assert r.returncode == 0 and "requeued 1" in r.stdout, r.stdout + r.stderr
+    for after in (["--after", "-8LkfJYfx2Q"], ["--after=-8LkfJYfx2Q"]):
+        r = vfd.ctl(config, "list", *after, "--json")
+        assert r.returncode == 0, (after, r.stderr)
+        assert [x["video_id"] for x in json.loads(r.stdout)] == ["-Zz9", "b1"], (after, r.stdout)
+    r = vfd.ctl(config, "list", "--after")  # still a usage error without a value
+    assert r.returncode == 2 and "expected one argument" in r.stderr
+
+
 def test_retry_needs_ids_or_failed(config: Path) -> None:
     r = vfd.ctl(config, "retry")
     assert r.returncode == 2 and "--failed" in r.stderr

@@ -20,7 +20,7 @@ import tempfile
 import threading
 import time
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
 import psutil
 import pytest
@@ -445,6 +445,32 @@ def test_sighup_during_drain_is_not_a_reload(tmp_path: Path, monkeypatch: pytest
 
 
 # -- the control socket -----------------------------------------------------------------------------
+
+@pytest.mark.parametrize("payload, reason", [
+    (b'["status"]', "request must be a JSON object, got an array"),
+    (b'"status"', "request must be a JSON object, got a string"),
+    (b'{"cmd": ["status"]}', '"cmd" must be a string naming a command, got an array'),
+    (b'{"cmd": {"cmd": "status"}}', '"cmd" must be a string naming a command, got an object'),
+    (b'{"cmd": 1}', '"cmd" must be a string naming a command, got a number'),
+    (b'{"cmd": "status", "x": ' + b"[" * 20 + b"]" * 20 + b"}", "nested more than 8 levels deep"),
+    (b"[" * 60000, "nested more than 8 levels deep"),  # deeper than the JSON parser goes
+])
+def test_valid_json_of_the_wrong_shape_gets_an_error_and_the_daemon_keeps_serving(
+        shared_daemon: tuple[Path, Any], payload: bytes, reason: str) -> None:
+    cfg, d = shared_daemon
+    line, closed = raw_exchange(sock_path(cfg), payload + b"\n", close_wait=5)
+    assert reason in json.loads(line)["error"] and closed, (line, closed)
+    assert query(cfg)["pid"] == d.pid  # still serving
+    assert "Traceback" not in d.log() and "exception" not in d.log().lower()
+
+
+@pytest.fixture(scope="module")
+def shared_daemon(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Path, Any]]:
+    tmp = tmp_path_factory.mktemp("shapes")
+    cfg = vfd.write_config(tmp, url_template="http://127.0.0.1:9/v/{id}.mp4")
+    with running(cfg) as d:
+        yield cfg, d
+
 
 def test_control_socket_robustness(tmp_path: Path) -> None:
     with MediaServer(default_size=8 * KiB) as srv:

@@ -23,8 +23,8 @@ from hostfs import immutable, tmpfs
 from vfd import running
 
 TEMPLATE = "http://127.0.0.1:9/v/{id}.mp4"
-NAMES = ["config", "database", "download_directory", "free_space", "control_socket", "cache_dir",
-         "ytdlp", "ytdlp_ejs", "js_runtime", "ffmpeg", "ffprobe"]
+NAMES = ["config", "database", "download_directory", "free_space", "control_socket", "identities",
+         "cache_dir", "ytdlp", "ytdlp_ejs", "js_runtime", "ffmpeg", "ffprobe"]
 
 
 def doctor(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
@@ -70,8 +70,8 @@ def test_a_good_set_up_is_all_ok(tmp_path: Path) -> None:
         assert code == 1 and found["control_socket"]["status"] == "error"  # a daemon is on it now
         assert f"videofetchd pid {d.pid} already answers" in found["control_socket"]["detail"]
         assert d.stop() == 0
-    assert "start-up checks: config ok, database ok, download_directory ok, free_space ok, control_socket ok, " \
-        "cache_dir ok" in d.log_path.read_text()
+    assert ("start-up checks: config ok, database ok, download_directory ok, free_space ok, control_socket ok, "
+            "identities ok, cache_dir ok") in d.log_path.read_text()
 
 
 def test_no_config_at_all_says_how_to_name_one(tmp_path: Path) -> None:
@@ -168,6 +168,19 @@ def test_the_daemon_starts_paused_when_the_directory_check_fails(tmp_path: Path)
         assert d.stop() == 0
     log = d.log_path.read_text()
     assert "start-up checks: config ok, database ok, download_directory error (" in log, log
+
+
+def test_a_daemon_that_holds_the_lock_but_does_not_answer_is_an_error(tmp_path: Path) -> None:
+    cfg = config(tmp_path)
+    sock = tmp_path / "control.sock"
+    with running(cfg) as d:
+        wait_until(lambda: sock.exists(), timeout=30)
+        sock.unlink()  # the socket file is gone (a cleaner in /run?): the daemon holds its lock all the same
+        code, found = checks(cfg)
+        assert code == 1 and found["control_socket"]["status"] == "error", found
+        assert f"pid {d.proc.pid}" in found["control_socket"]["detail"], found
+    code, found = checks(cfg)  # the daemon stopped: the lock is free again
+    assert found["control_socket"]["status"] == "ok", found
 
 
 def test_without_ffmpeg_on_path_merges_are_warned_about(tmp_path: Path) -> None:

@@ -282,7 +282,7 @@ def test_list_json_lease_owner_is_the_daemons_node(tmp_path: Path) -> None:
             assert [x["video_id"] for x in listed] == ["slow-lease"], listed
             assert "lease_owner" in listed[0], listed[0]
             owner = vfd.status(cfg)["lease_owner"]
-            assert owner == f"node-a:{daemon.pid}", owner  # <node_name>:<pid>: unique per process
+            assert owner == f"node-a:{daemon.pid}@daemon", owner  # <node_name>:<pid>@<scope>: unique per process
             assert listed[0]["lease_owner"] == owner, listed[0]
 
             every = json.loads(vfd.ctl(cfg, "list", "--json").stdout)
@@ -324,7 +324,7 @@ def test_hostile_rows_inserted_directly_fail_as_invalid(tmp_path: Path, monkeypa
     assert ids_requested(srv) == {"good-after-bad"}, f"requests for bad rows: {srv.requests()}"
     videos = (tmp_path / "videos").resolve()
     made = [p for p in tmp_path.rglob("*") if p.is_file() and not p.resolve().is_relative_to(videos)]
-    expected = {"videofetchd.yaml", "queue.db", "queue.db-wal", "queue.db-shm"}
+    expected = {"videofetchd.yaml", "queue.db", "queue.db-wal", "queue.db-shm", "control.sock.lock"}
     stray = [p for p in made if p.name not in expected and not p.name.startswith("daemon-")]
     assert stray == [], f"files outside download.directory: {stray}"
     assert not any(p.name == "x" for p in tmp_path.rglob("*")), "a file named 'x' appeared"

@@ -16,7 +16,9 @@ from typing import Any, Iterator
 import pytest
 
 import vfd
+from helpers import wait_until
 from mediaserver import MediaServer
+from netproxy import FreezableProxy
 from sites import Site
 
 PUBLIC = ["127.0.0.2/32"]  #: the "public" site's address; the media server's 127.0.0.1 is not in it
@@ -94,6 +96,21 @@ def test_a_redirect_from_an_allowed_host_to_loopback_is_refused(tmp_path: Path, 
     assert len(media.requests()) == before            # ... the internal one never
     assert rows["tosite"]["status"] == "done", rows["tosite"]
     assert files(tmp_path) == [os.path.basename(rows["tosite"]["file_path"])]
+
+
+def test_a_host_in_no_proxy_is_checked_like_any_direct_connection(tmp_path: Path, media: MediaServer) -> None:
+    """With a proxy in the environment, a row whose host matches ``no_proxy`` is fetched directly:
+    that connection is a download like any other and meets the same address check (a ``no_proxy``
+    entry once passed as a proxy's own address and opened the way)."""
+    with FreezableProxy(("127.0.0.1", media.port)) as proxy:  # a real listening proxy on loopback
+        cfg = setup(tmp_path, media, {"direct": media.url("nosecret")}, allow_addresses=[])
+        env = {**os.environ, "http_proxy": f"http://127.0.0.1:{proxy.port}", "https_proxy": "",
+               "no_proxy": f"127.0.0.1:{media.port}", "NO_PROXY": f"127.0.0.1:{media.port}"}
+        r = vfd.ctl(cfg, "fetch", timeout=180, env=env)
+    assert r.returncode == 1, r.stdout + r.stderr
+    failed_for_good(by_id(tmp_path)["direct"], f"refused to connect to 127.0.0.1 port {media.port}: loopback")
+    assert all(x.video_id != "nosecret" for x in media.requests())
+    assert files(tmp_path) == []
 
 
 def test_an_answer_that_is_not_audio_or_video_is_not_saved_as_a_direct_link(tmp_path: Path, media: MediaServer,
@@ -187,6 +204,41 @@ def test_expand_playlists_queues_each_entry_as_a_row_of_its_own(tmp_path: Path, 
     # queueing the feed again adds nothing: its entries are known by the same keys `add URL` uses
     again = vfd.ctl(cfg, "add", media.url("xfeed0"))
     assert "added 0, already known 1" in again.stdout, again.stdout + again.stderr
+
+
+def test_an_expanded_playlist_is_counted_once_and_its_rows_at_once(tmp_path: Path, media: MediaServer,
+                                                                   site: Site) -> None:
+    """The daemon's cached counts, counters and metrics account for a playlist exactly once (its
+    row done, no file) and for its entries as queued rows, the moment it is recorded: before,
+    the row stayed "running" in the counts and out of videofetchd_jobs_finished_total."""
+    from promserver import free_port, scrape
+    for i in range(3):
+        media.configure(f"slowentry{i}", size=64 * 1024, rate_bps=64 * 1024)  # ~1 s each: time to look
+    port = free_port()
+    cfg = vfd.write_config(tmp_path, url_template=media.url_template, metrics={"listen": f"127.0.0.1:{port}"},
+                           download={"workers": 1, "expand_playlists": True, "allow_addresses": vfd.LOCAL})
+    feed = site.page("/slow.rss", _feed(media, "slowentry", 3), "application/rss+xml")
+    with vfd.running(cfg) as d:
+        wait_until(lambda: vfd.status(cfg)["queue"], timeout=20)  # the first count is in
+        assert vfd.ctl(cfg, "add", feed).returncode == 0
+        replies = []
+
+        def settled() -> bool:
+            st = vfd.status(cfg)
+            replies.append(st)
+            return st["counters"]["completed"] == 4
+
+        wait_until(settled, timeout=60, interval=0.05, message="the playlist and its entries did not finish")
+        text = scrape(port)
+        assert d.stop() == 0
+    for r in replies:  # every reply: the counts agree with the counters, and no row is lost or doubled
+        q, c = r["queue"], r["counters"]
+        assert q["done"] == c["completed"] and q["failed"] == c["failed"] == 0, (q, c)
+        if c["completed"] >= 1:
+            assert q["queued"] + q["running"] + q["done"] == 4, q
+    assert 'videofetchd_jobs_finished_total{error_kind="",outcome="done"} 4.0' in text, text
+    rows = by_id(tmp_path)
+    assert len(rows) == 4 and all(r["status"] == "done" for r in rows.values()), rows
 
 
 # -- escape sequences -------------------------------------------------------------------------------

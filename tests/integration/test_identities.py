@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import collections
 import contextlib
+import os
+import shutil
 import subprocess
 from pathlib import Path
 from typing import Any, Iterator
@@ -21,6 +23,7 @@ import yaml
 import vfd
 from helpers import wait_until
 from iplimit import AddressLimit, LimitedMediaServer
+from mediaserver import MediaServer
 from pg import pg_url  # noqa: F401  (fixture)
 
 ADDRESSES = {"a": "127.0.0.2", "b": "127.0.0.3", "c": "127.0.0.4"}
@@ -201,3 +204,119 @@ def test_bad_identities_are_refused_with_the_key_path(tmp_path: Path) -> None:
                        capture_output=True, text=True, timeout=60)
     assert r.returncode == 78
     assert "download.identities[1].name: duplicate identity name 'a'" in r.stderr
+
+
+# -- an identity's source_address this host cannot bind --------------------------------------------
+
+def test_a_source_address_this_host_cannot_bind_is_a_config_error_at_start(tmp_path: Path) -> None:
+    """127.0.0.2 is bindable (all of 127.0.0.0/8 is local on Linux); 192.0.2.1 (TEST-NET-1) is not."""
+    def start(address: str, *flags: str) -> subprocess.CompletedProcess[str]:
+        cfg = vfd.write_config(tmp_path, url_template="http://127.0.0.1:9/v/{id}.mp4",
+                               download={"identities": [{"name": "home"}, {"name": "far", "source_address": address}]})
+        return subprocess.run([vfd.PY, "-m", "videofetchd", *flags, "--config", str(cfg)],
+                              capture_output=True, text=True, timeout=60)
+    assert start("127.0.0.2", "--check-config").returncode == 0
+    for flags in (("--check-config",), ()):  # the daemon itself refuses to start: 78, no restart loop
+        r = start("192.0.2.1", *flags)
+        assert r.returncode == 78, (r.returncode, r.stderr)
+        assert r.stderr.strip().splitlines() == [
+            f"videofetchd: {tmp_path / 'videofetchd.yaml'}: download.identities[1].source_address: 192.0.2.1 is not "
+            "an address of this host (cannot bind to it: Cannot assign requested address); identity far could "
+            "connect nowhere"], r.stderr
+    doctor = start("192.0.2.1", "--check")
+    assert doctor.returncode == 1, doctor.stdout
+    assert "192.0.2.1 is not an address of this host" in doctor.stdout, doctor.stdout
+
+
+NETNS_ADDR = "192.0.2.55"  #: given to lo inside the test's own network namespace, then taken away
+
+
+def test_an_address_that_goes_away_pauses_its_identity_and_no_row_fails() -> None:
+    """Runs the test below in a network namespace of its own (``unshare --net``, as root), where
+    lo can gain and lose an address without touching the host's network."""
+    if os.geteuid() != 0 or not shutil.which("unshare") or not shutil.which("ip"):
+        pytest.skip("needs root, unshare and ip")
+    r = subprocess.run(["unshare", "--net", vfd.PY, "-m", "pytest", "-q", "-p", "no:cacheprovider",
+                        f"{__file__}::test_in_netns_an_address_that_goes_away"],
+                       env={**os.environ, "VFD_IN_NETNS": "1"}, capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0 and "1 passed" in r.stdout, r.stdout[-4000:] + r.stderr[-2000:]
+
+
+def test_in_netns_an_address_that_goes_away(tmp_path: Path) -> None:
+    if not os.environ.get("VFD_IN_NETNS"):
+        pytest.skip("run by the test above, inside its own network namespace")
+    subprocess.run(["ip", "link", "set", "lo", "up"], check=True)
+    subprocess.run(["ip", "addr", "add", f"{NETNS_ADDR}/32", "dev", "lo"], check=True)
+    with MediaServer(default_size=8 * 1024) as srv:
+        cfg = vfd.write_config(tmp_path, url_template=srv.url_template,
+                               download={"identities": [{"name": "x", "source_address": NETNS_ADDR}]})
+        db = tmp_path / "queue.db"
+        with vfd.running(cfg) as d:
+            add(cfg, ["before"])
+            wait_until(lambda: vfd.counts(db) == {"done": 1}, timeout=60, message="the first job")
+            subprocess.run(["ip", "addr", "del", f"{NETNS_ADDR}/32", "dev", "lo"], check=True)
+            add(cfg, ["gone1", "gone2"])
+            st = status_when(cfg, lambda s: identity_status_of(s, "x")["fault"], message="no identity fault")
+            assert "identity x: its source_address cannot be bound" in identity_status_of(st, "x")["fault"]
+            rows = {r["video_id"]: r for r in vfd.rows(db)}
+            for vid in ("gone1", "gone2"):  # handed back, uncharged: not failed, not retried with backoff
+                assert rows[vid]["status"] in ("queued", "running") and rows[vid]["attempts"] <= 1, rows[vid]
+                assert rows[vid]["error_kind"] is None, rows[vid]
+            subprocess.run(["ip", "addr", "add", f"{NETNS_ADDR}/32", "dev", "lo"], check=True)
+            wait_until(lambda: vfd.counts(db) == {"done": 3}, timeout=60, message="the identity did not resume")
+            assert identity_status(cfg)["x"]["fault"] is None
+            assert "takes no jobs until its address is back" in d.log() and "takes jobs again" in d.log()
+            assert d.stop() == 0
+    assert all(r["attempts"] == 1 for r in vfd.rows(db)), vfd.rows(db)
+
+
+def identity_status_of(st: dict[str, Any], name: str) -> dict[str, Any]:
+    return next(i for i in st["identities"] if i["name"] == name)
+
+
+def test_a_one_shot_fetch_refuses_an_identity_this_host_cannot_bind(tmp_path: Path) -> None:
+    cfg = vfd.write_config(tmp_path, url_template="http://127.0.0.1:9/v/{id}.mp4",
+                           download={"identities": [{"name": "far", "source_address": "192.0.2.1"}]})
+    add(cfg, ["one"])
+    r = vfd.ctl(cfg, "fetch", timeout=60)  # before: every job handed back, a run that never drained
+    assert r.returncode == 78, (r.returncode, r.stderr)
+    assert "download.identities[0].source_address: 192.0.2.1" in r.stderr, r.stderr
+
+
+def test_identity_metrics_count_each_attempt_under_its_identity(tmp_path: Path) -> None:
+    from promserver import free_port, scrape
+    port = free_port()
+    with MediaServer(default_size=8 * 1024) as srv:
+        cfg = vfd.write_config(tmp_path, url_template=srv.url_template, metrics={"listen": f"127.0.0.1:{port}"},
+                               download={"identities": identities("ab")})
+        with vfd.running(cfg) as d:
+            add(cfg, ["m1", "m2", "m3", "m4", "e404-m5"])
+            wait_until(lambda: vfd.counts(tmp_path / "queue.db") == {"done": 4, "failed": 1}, timeout=60)
+            rows = {r["video_id"]: r["identity"] for r in vfd.rows(tmp_path / "queue.db")}
+            text = scrape(port)
+            assert d.stop() == 0
+    got = {}
+    for line in text.splitlines():
+        if line.startswith("videofetchd_identity_jobs_total{"):
+            labels, value = line[len("videofetchd_identity_jobs_total{"):].split("} ")
+            parts = dict(p.split("=") for p in labels.split(","))
+            got[(parts["identity"].strip('"'), parts["outcome"].strip('"'))] = float(value)
+    expected = collections.Counter((rows[v], "failed" if v.startswith("e404") else "done") for v in rows)
+    assert {k: v for k, v in got.items() if v} == dict(expected), (got, rows)
+    assert set(got) == {(i, o) for i in "ab" for o in ("done", "failed", "retried")}
+    assert 'videofetchd_identity_paused{identity="a"} 0.0' in text
+
+
+def test_a_reload_to_an_identity_this_host_cannot_bind_keeps_the_old_config(tmp_path: Path) -> None:
+    cfg = vfd.write_config(tmp_path, url_template="http://127.0.0.1:9/v/{id}.mp4",
+                           download={"identities": identities("a")})
+    with vfd.running(cfg) as d:
+        data = yaml.safe_load(cfg.read_text())
+        data["download"]["identities"][0]["source_address"] = "192.0.2.1"
+        cfg.write_text(yaml.safe_dump(data))
+        r = vfd.ctl(cfg, "reload")
+        assert r.returncode == 1 and "download.identities[0].source_address: 192.0.2.1 is not an address" \
+            in r.stderr, (r.returncode, r.stderr)
+        st = vfd.status(cfg)
+        assert st["config"]["generation"] == 1 and st["identities"][0]["source_address"] == "127.0.0.2", st
+        assert d.stop() == 0

@@ -163,6 +163,28 @@ def test_export_to_a_file_is_atomic_and_named_by_its_suffix(tmp_path: Path) -> N
     assert bad.returncode == 1 and "cannot write" in bad.stderr and "Traceback" not in bad.stderr
 
 
+@pytest.mark.parametrize("umask, existing, expected", [
+    (0o077, None, 0o600),    # a private user's manifest stays private (it was 0644 whatever the umask)
+    (0o022, None, 0o644),
+    (0o002, None, 0o664),    # a shared group's file stays writable by the group
+    (0o022, 0o640, 0o640),   # a replaced file keeps its own mode
+    (0o077, 0o664, 0o664),
+])
+def test_an_export_file_gets_the_umask_mode_or_keeps_the_replaced_files(
+        tmp_path: Path, umask: int, existing: int | None, expected: int) -> None:
+    queue = Queue(tmp_path, None)
+    queue.add(2)
+    target = tmp_path / "manifest.jsonl"
+    if existing is not None:
+        target.write_text("old\n")
+        target.chmod(existing)
+    for command in ("export", "export-archive"):  # the yt-dlp archive file is replaced the same way
+        r = subprocess.run([vfd.PY, "-m", "videofetchd", command, str(target), "--config", str(queue.cfg)],
+                           capture_output=True, text=True, timeout=60, umask=umask)
+        assert r.returncode == 0, r.stderr
+        assert target.stat().st_mode & 0o777 == expected, (command, oct(target.stat().st_mode))
+
+
 def test_list_and_export_into_a_pipe_closed_early(tmp_path: Path) -> None:
     queue = Queue(tmp_path, None)
     queue.add(3000)

@@ -111,7 +111,8 @@ def test_prometheus_scrapes_a_known_mix(tmp_path: Path) -> None:
                 names = exported_names(text)
                 referenced = referenced_names(RULES.read_text()) | referenced_names(DASHBOARD.read_text())
                 assert referenced - names <= {"videofetchd_identity_running", "videofetchd_identity_budget_tokens",
-                                              "videofetchd_identity_paused_seconds"}, referenced - names
+                                              "videofetchd_identity_paused_seconds", "videofetchd_identity_paused",
+                                              "videofetchd_identity_jobs_total"}, referenced - names
                 # and every dashboard query parses and runs
                 dashboard = json.loads(DASHBOARD.read_text())
                 for panel in dashboard["panels"]:
@@ -223,7 +224,9 @@ def _try_scrape(port: int) -> str | None:
     return text if 'videofetchd_workers{state="busy"}' in text and 'busy"} 0.0' not in text else None
 
 
-def test_a_taken_metrics_port_is_a_configuration_error(tmp_path: Path) -> None:
+def test_a_taken_metrics_port_exits_75_for_systemd_to_try_again(tmp_path: Path) -> None:
+    """EX_TEMPFAIL, not EX_CONFIG: the port is often held by the instance still stopping, and
+    RestartPreventExitStatus=78 would keep the service down for good."""
     with socket.socket() as taken:
         taken.bind(("127.0.0.1", 0))
         taken.listen()
@@ -232,9 +235,28 @@ def test_a_taken_metrics_port_is_a_configuration_error(tmp_path: Path) -> None:
                                metrics={"listen": f"127.0.0.1:{port}"})
         r = subprocess.run([vfd.PY, "-m", "videofetchd", "--config", str(cfg)], capture_output=True, text=True,
                            timeout=60)
-    assert r.returncode == 78, r.stderr
-    assert f"metrics.listen: cannot listen on 127.0.0.1:{port}" in r.stderr
+    assert r.returncode == 75, r.stderr
+    assert r.stderr.splitlines()[-1] == (f"videofetchd: metrics.listen: cannot listen on 127.0.0.1:{port}: "
+                                         "Address already in use"), r.stderr
+    assert "Traceback" not in r.stderr
     assert not (tmp_path / "control.sock").exists()  # nothing left behind
+
+
+def test_a_reload_to_a_taken_metrics_port_keeps_the_old_listener_and_says_why(tmp_path: Path) -> None:
+    port = free_port()
+    cfg = vfd.write_config(tmp_path, url_template="http://127.0.0.1:9/{id}", metrics={"listen": f"127.0.0.1:{port}"})
+    with socket.socket() as taken, vfd.running(cfg) as d:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        assert "videofetchd_build_info" in scrape(port)
+        cfg.write_text(cfg.read_text().replace(f"127.0.0.1:{port}", f"127.0.0.1:{taken.getsockname()[1]}"))
+        r = vfd.ctl(cfg, "reload")
+        assert r.returncode == 0, r.stderr
+        st = vfd.status(cfg)
+        assert st["config"]["generation"] == 2 and st["config"]["restart_required"] == ["metrics.listen"], st
+        assert "videofetchd_build_info" in scrape(port)  # the old listener serves on
+        assert "metrics.listen changed; this needs a restart, the old values stay" in d.log()
+        assert d.stop() == 0
 
 
 def test_queue_counts_and_counters_come_from_the_same_moment(tmp_path: Path) -> None:

@@ -323,7 +323,7 @@ def test_sigkill_one_daemon_others_take_over_after_lease(cluster: Cluster, media
         ids = insert_ids(pg, "kill", n)
         victim = cluster.daemons[0]
         victim_node = cluster.nodes[0]
-        # lease_owner is "<node_name>:<pid>"
+        # lease_owner is "<node_name>:<pid>@<scope>"
         wait_until(lambda: len([o for o in running_leases(pg).values() if o.rpartition(":")[0] == victim_node]) == 2
                    and 10 <= pg.done() <= n - 20, timeout=30, interval=0.02,
                    message="victim never had two jobs in flight mid-run")
@@ -570,7 +570,7 @@ def test_restart_with_the_same_node_name_does_not_keep_dead_leases(cluster: Clus
         wait_until(lambda: all(media.body_requests(v) >= GETS_PER_DOWNLOAD for v in ids), timeout=20,
                    message="jobs never started")
         cluster.daemons[0].kill()
-        assert set(running_leases(pg).values()) == {f"{cluster.nodes[0]}:{cluster.daemons[0].pid}"}
+        assert set(running_leases(pg).values()) == {f"{cluster.nodes[0]}:{cluster.daemons[0].pid}@daemon"}
         media.rate_bps = None
         cluster.daemons[0] = vfd.Daemon(cluster.configs[0])  # same config, same node name
         try:

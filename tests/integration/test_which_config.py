@@ -130,3 +130,24 @@ def test_the_readme_example_without_its_guard_stops_with_one_clear_message(tmp_p
     assert "bootstrapping phase" not in err, err
     assert vfd.counts(tmp_path / "queue.db") == {"queued": 1}
     assert [r["attempts"] for r in vfd.rows(tmp_path / "queue.db")] == [0]
+
+
+@pytest.mark.parametrize("text, error", [
+    ("download:\n  workers: [1, 2\n  directory: /x\n",
+     "line 3, column 12: expected ',' or ']', but got ':' (YAML syntax error while parsing a flow sequence "
+     "that starts at line 2, column 12)"),
+    ("download: a: b\n", "line 1, column 12: mapping values are not allowed here (YAML syntax error)"),
+    ("download:\n\tworkers: 2\n", "line 2, column 1: found character '\\t' that cannot start any token "
+                                  "(YAML syntax error while scanning for the next token)"),
+    ('download: "\x01"\n', "line 1, column 12: character #x0001 is not allowed (YAML syntax error)"),
+])
+def test_a_yaml_syntax_error_is_one_line_naming_file_line_and_column(tmp_path: Path, text: str, error: str) -> None:
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(text)
+    bin_dir = Path(vfd.PY).parent  # the console scripts the package installs
+    for argv, prog in (([str(bin_dir / "videofetchd"), "--config", str(bad)], "videofetchd"),
+                       ([str(bin_dir / "videofetchd"), "--check-config", "--config", str(bad)], "videofetchd"),
+                       ([str(bin_dir / "videofetchctl"), "list", "--config", str(bad)], "videofetchctl")):
+        r = subprocess.run(argv, capture_output=True, text=True, timeout=60)
+        assert r.returncode == 78, (argv, r.returncode, r.stderr)
+        assert r.stderr.splitlines() == [f"{prog}: config {bad}: {error}"], r.stderr  # once, one line

@@ -130,7 +130,8 @@ def test_parse_duration_refuses(text: Any) -> None:
 
 @pytest.mark.parametrize("text, size", [
     (1024, 1024), ("1024", 1024), ("512MiB", 512 * 1024**2), ("2GiB", 2 * 1024**3), ("1kb", 1000),
-    ("1KiB", 1024), ("1.5MiB", int(1.5 * 1024**2)), ("3 MB", 3_000_000)])
+    ("1KiB", 1024), ("1.5MiB", int(1.5 * 1024**2)), ("3 MB", 3_000_000), ("2TiB", 2 * 1024**4),
+    ("1.5tib", int(1.5 * 1024**4)), ("4TB", 4 * 1000**4), ("1t", 1000**4)])
 def test_parse_size(text: Any, size: int) -> None:
     assert configload.parse_size(text) == size
 
@@ -210,6 +211,13 @@ def test_nan_duration_is_refused(tmp_path: Path) -> None:
 def test_bad_size(tmp_path: Path) -> None:
     msg, _ = load_error(tmp_path, {"download": {"recycle_rss": "huge"}})
     assert "download.recycle_rss" in msg and "size" in msg
+    msg, _ = load_error(tmp_path, {"download": {"min_free_space": "2 PiB"}})
+    assert "download.min_free_space" in msg and "units: B, kB, KiB, MB, MiB, GB, GiB, TB, TiB" in msg, msg
+
+
+def test_sizes_in_tib_in_a_file(tmp_path: Path) -> None:
+    cfg = config.load(write(tmp_path, {"download": {"min_free_space": "1.5TiB", "max_filesize": "2TB"}}))
+    assert cfg.download.min_free_space == int(1.5 * 1024**4) and cfg.download.max_filesize == 2 * 1000**4
 
 
 def test_list_of_strings(tmp_path: Path) -> None:
@@ -231,7 +239,7 @@ def test_top_level_must_be_a_mapping(tmp_path: Path) -> None:
 
 def test_invalid_yaml(tmp_path: Path) -> None:
     msg, path = load_error(tmp_path, "download: [unclosed\n")
-    assert str(path) in msg and "invalid YAML" in msg
+    assert str(path) in msg and "YAML syntax error" in msg
 
 
 @pytest.mark.parametrize("section, key, value", [

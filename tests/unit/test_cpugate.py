@@ -1,16 +1,21 @@
-"""CpuGate: a one-shot run starts no child beyond one per core while every core is busy.
+"""CpuGate: a one-shot run starts no child beyond one per core while short jobs keep every core
+busy, and starts them all while its jobs are long (waiting for bytes).
 
-Real processes burn real cores here (one per core, for a fraction of a second); /proc/stat is the
-machine's own. Nothing is faked, so the test can only assert what holds whatever else runs."""
+Real processes burn real cores here; /proc/stat is the machine's own. Nothing is faked, so each
+test asserts only what holds whatever else runs on the machine."""
 
 from __future__ import annotations
 
 import multiprocessing
 import os
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 
 from helpers import wait_until
-from videofetchd.workers.pool import CPU_BOUND, CPU_WINDOW_S, CpuGate
+from videofetchd.workers.pool import CPU_WINDOW_S, FIRST_JOB_S, MACHINE_BUSY, SHORT_JOBS_S, CpuGate
+
+CORES = os.cpu_count() or 1
 
 
 def _burn(seconds: float) -> None:
@@ -19,28 +24,53 @@ def _burn(seconds: float) -> None:
         pass
 
 
-def test_up_to_one_child_per_core_is_never_held_back() -> None:
-    gate = CpuGate()
-    now = time.monotonic()
-    assert all(not gate.bound(now, started) for started in range(gate.cores))
-
-
-def test_beyond_one_per_core_it_waits_for_a_measurement_then_holds_back_while_every_core_burns() -> None:
-    gate = CpuGate()
-    now = time.monotonic()
-    assert gate.bound(now, gate.cores), "not measured yet: no child beyond one per core"
+@contextmanager
+def _burning_every_core() -> Iterator[None]:
     ctx = multiprocessing.get_context("fork")
-    burners = [ctx.Process(target=_burn, args=(3.0,)) for _ in range(os.cpu_count() or 1)]
-    for p in burners:
+    procs = [ctx.Process(target=_burn, args=(3.0,)) for _ in range(CORES)]
+    for p in procs:
         p.start()
     try:
-        time.sleep(0.2)  # the burners get going before the window opens
-        gate.bound(time.monotonic(), gate.cores)  # opens a window
-        wait_until(lambda: gate.bound(time.monotonic(), gate.cores) is not None and gate.rate is not None,
-                   timeout=2, interval=CPU_WINDOW_S / 3, message="no window was measured")
-        assert gate.rate is not None and gate.rate >= CPU_BOUND * gate.cores, gate.rate
-        assert gate.bound(time.monotonic(), gate.cores), "every core burning, yet another child may start"
+        time.sleep(0.2)  # the burners get going before the first look
+        yield
     finally:
-        for p in burners:
+        for p in procs:
             p.terminate()
             p.join()
+
+
+def _measured(gate: CpuGate) -> bool:
+    gate.job_ended_at = time.monotonic()  # jobs keep ending
+    gate.bound(time.monotonic(), CORES)
+    return gate.rate is not None
+
+
+def test_beyond_one_per_core_the_first_jobs_run_undisturbed() -> None:
+    gate = CpuGate()
+    assert gate.bound(time.monotonic(), CORES), "no job ended yet, and the first ones just started"
+    gate.started_at -= FIRST_JOB_S  # a quarter second later, still no job ended: long downloads
+    assert not gate.bound(time.monotonic(), CORES)
+
+
+def test_up_to_one_child_per_core_is_never_held_back() -> None:
+    gate = CpuGate()
+    gate.job_ended_at = time.monotonic()
+    assert all(not gate.bound(time.monotonic(), n) for n in range(CORES))
+
+
+def test_short_jobs_on_a_busy_machine_hold_back_the_next_child() -> None:
+    gate = CpuGate()
+    with _burning_every_core():
+        wait_until(lambda: _measured(gate), timeout=2, interval=CPU_WINDOW_S / 3, message="no window measured")
+        assert gate.rate is not None and gate.rate >= MACHINE_BUSY * CORES, gate.rate
+        gate.job_ended_at = time.monotonic()
+        assert gate.bound(time.monotonic(), CORES), "every core busy with short jobs, yet another child may start"
+
+
+def test_long_jobs_start_every_child_however_busy_the_machine() -> None:
+    gate = CpuGate()
+    with _burning_every_core():
+        wait_until(lambda: _measured(gate), timeout=2, interval=CPU_WINDOW_S / 3, message="no window measured")
+        gate.job_ended_at = time.monotonic() - SHORT_JOBS_S - 0.1  # no job ended lately: they are long
+        gate.started_at -= FIRST_JOB_S
+        assert not gate.bound(time.monotonic(), CORES)

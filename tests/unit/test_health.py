@@ -116,6 +116,6 @@ def test_control_socket_is_found_in_a_file_that_does_not_parse(tmp_path: Path) -
     path.write_text('database:\n  url: sqlite:////x.db\ncontrol:\n  socket: "/run/x/control.sock"  # here\n'
                     "download: [workers: 3\n")
     sock, problem = control_socket(path)
-    assert sock == "/run/x/control.sock" and problem is not None and "invalid YAML" in problem
+    assert sock == "/run/x/control.sock" and problem is not None and "YAML syntax error" in problem
     path.write_text("control:\n  mode: '0600'\nother:\n  socket: /not/this\ndownload: [\n")
     assert control_socket(path)[0] == config_mod.ControlConfig().socket

@@ -126,6 +126,8 @@ def test_egress_identities_are_exported_from_the_last_budget_refresh(tmp_path: P
         s.egress.buckets = {("home", "youtube.com"): Bucket(tokens=0.5, updated=5000.0, paused_until=5100.0,
                                                             strikes=1, reason="429", started=7),
                             ("proxy", "vimeo.com"): Bucket(started=3)}
+        s.stats.by_identity.update({("home", "done"): 5, ("home", "retried"): 2, ("gone", "failed"): 1})
+        s.egress.faults["proxy"] = ("identity proxy: its source_address cannot be bound", time.monotonic())
         got = samples(exposition(s))
     finally:
         s.link.close()
@@ -138,6 +140,13 @@ def test_egress_identities_are_exported_from_the_last_budget_refresh(tmp_path: P
     assert got[("videofetchd_identity_starts_total", home)] == 7
     assert got[("videofetchd_identity_paused_seconds", (("identity", "proxy"), ("site", "vimeo.com")))] == 0
     assert ("videofetchd_identity_budget_tokens", (("identity", "proxy"), ("site", "vimeo.com"))) not in got
+    jobs = {(dict(k)["identity"], dict(k)["outcome"]): v for (name, k), v in got.items()
+            if name == "videofetchd_identity_jobs_total"}
+    assert jobs == {("home", "done"): 5, ("home", "failed"): 0, ("home", "retried"): 2,
+                    ("proxy", "done"): 0, ("proxy", "failed"): 0, ("proxy", "retried"): 0,
+                    ("gone", "done"): 0, ("gone", "failed"): 1, ("gone", "retried"): 0}  # a removed one stays
+    assert got[("videofetchd_identity_paused", (("identity", "proxy"),))] == 1
+    assert got[("videofetchd_identity_paused", (("identity", "home"),))] == 0
 
 
 def test_host_conditions_are_read_from_the_supervisors_registry(sup: Supervisor) -> None:

@@ -106,3 +106,16 @@ def test_an_external_downloader_the_user_chose_is_started_after_a_check_of_its_u
         with pytest.raises(ProgramRefused, match="refused to start ffmpeg"):  # not the one configured
             subprocess.run(["ffmpeg", "-i", "http://127.0.0.1:9/x"], check=False)
     netguard.take_refusals()
+
+
+def test_no_proxy_hosts_are_not_proxies(monkeypatch: pytest.MonkeyPatch) -> None:
+    """``no_proxy`` lists hosts reached directly: their connections are checked like any other."""
+    for name in ("http_proxy", "https_proxy", "all_proxy", "HTTP_PROXY", "HTTPS_PROXY", "ALL_PROXY"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("http_proxy", "http://127.0.0.1:3128")
+    monkeypatch.setenv("no_proxy", "127.0.0.1:8080")
+    monkeypatch.setenv("NO_PROXY", "10.0.0.5")
+    policy = policy_for([])
+    assert policy.proxies == frozenset({("127.0.0.1", 3128)})
+    assert policy.refusal("127.0.0.1", 8080) and policy.refusal("10.0.0.5", 80)
+    assert policy_for([], "").proxies == frozenset()  # yt-dlp's proxy: "" is no proxy at all

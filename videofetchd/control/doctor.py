@@ -23,8 +23,8 @@ from typing import Any
 from .. import config as config_mod
 from ..config import Config
 from ..errors import ConfigError
-from ..workers.hostprobe import human_size, probe_directory, probe_space
-from .guard import probe, who
+from ..workers.hostprobe import human_size, probe_directory, probe_space, source_problems
+from .guard import lock_holder, lock_path, probe, who
 
 OK, WARNING, ERROR = "ok", "warning", "error"
 
@@ -131,6 +131,15 @@ def check_control_socket(ctx: Context) -> Check:
     if answer is not None:
         return Check("control_socket", ERROR, f"{who(answer)} already answers on {path}: a second daemon "
                                               "on this socket would be refused (expected while the service runs)")
+    try:
+        holder = lock_holder(path)
+    except OSError as exc:
+        return Check("control_socket", WARNING, f"cannot open {lock_path(path)}: {exc.strerror} (checked as "
+                                                f"{_user()}; the daemon's user can)")
+    if holder is not None:
+        return Check("control_socket", ERROR, f"a videofetchd ({holder}) holds {lock_path(path)} but does not "
+                                              f"answer on {path}: hung, or its socket file was removed; a second "
+                                              "daemon would be refused")
     directory = os.path.dirname(os.path.abspath(path))
     if not os.path.isdir(directory):
         fault = probe_directory(directory, create=False)
@@ -146,6 +155,18 @@ def check_control_socket(ctx: Context) -> Check:
                                               f"(checked as {_user()})")
     stale = " (a stale socket of an earlier run is there; it is replaced at start)" if os.path.exists(path) else ""
     return Check("control_socket", OK, f"{path} is free{stale}")
+
+
+def check_identities(ctx: Context) -> Check:
+    """Each identity's source_address can be bound here (else every job of it would fail)."""
+    assert ctx.cfg is not None
+    idents = ctx.cfg.download.identities
+    problems = source_problems(ctx.cfg.download)
+    if problems:
+        return Check("identities", ERROR, "; ".join(problems))
+    bound = sum(1 for i in idents if i.source_address)
+    return Check("identities", OK, f"{len(idents)} configured, {bound} with a source_address this host can bind"
+                 if idents else "none configured (one implicit identity: the default route)")
 
 
 # -- the yt-dlp stack (workers/stack.py asks yt-dlp itself) -------------------------------------------
@@ -247,6 +268,7 @@ CHECKS: list[tuple[str, CheckFn, bool]] = [
     ("download_directory", check_download_directory, True),
     ("free_space", check_free_space, True),
     ("control_socket", check_control_socket, True),
+    ("identities", check_identities, True),
     ("cache_dir", check_cache_dir, True),
     ("ytdlp", check_ytdlp, False),  # the stack loads yt-dlp: not in the daemon (it logs its own line)
     ("ytdlp_ejs", check_ytdlp_ejs, False),

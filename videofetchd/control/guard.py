@@ -1,9 +1,12 @@
 """Who may hold the control socket, and how much of it: one daemon per socket, limits per user.
 
 Two guards around the control server. ``take_socket`` makes sure a socket a live daemon answers
-on is never unlinked: a lock that lives exactly as long as the process holding it (a socket in
-the abstract namespace, named after the socket's path, so a SIGKILL leaves nothing behind), plus
-a probe of the path for a daemon that holds none. ``Admission`` shares the server among users by
+on is never unlinked: an ``flock`` on ``<socket>.lock``, held for the daemon's life (the kernel
+drops it when the process dies, SIGKILL included, so a stale socket file has no lock and is
+replaced), plus a probe of the path for a program that holds none. The lock is a file next to
+the socket, mode 0600, not a name in the abstract socket namespace: that namespace belongs to a
+network namespace (a daemon in another one never saw the lock) and anyone on the host could bind
+the name first and keep the daemon from starting. ``Admission`` shares the server among users by
 the peer's uid (SO_PEERCRED): each user may hold a bounded number of connections (past it, a new
 one pushes out that user's longest idle one, so idle connections can never lock a user out of its
 own daemon), all other users together a bounded number, and each user's requests are rate
@@ -14,7 +17,7 @@ Standard library only.
 from __future__ import annotations
 
 import errno
-import hashlib
+import fcntl
 import json
 import os
 import socket
@@ -34,11 +37,57 @@ RATE_OTHER = (20.0, 40.0)  #: the same for every other user (a ``nudge`` flood c
 PROBE_TIMEOUT_S = 2.0
 
 
+SO_PEERGROUPS = getattr(socket, "SO_PEERGROUPS", 59)  #: Linux >= 4.13; Python does not name it
+
+
 def peer_creds(sock: socket.socket) -> tuple[int, int, int]:
-    """(pid, uid, gid) of the process at the other end of a Unix socket."""
+    """(pid, uid, gid) of the process at the other end of a Unix socket, as they were when it
+    called connect() (the kernel keeps them from then on)."""
     pid, uid, gid = struct.unpack("3i", sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED,
                                                         struct.calcsize("3i")))
     return pid, uid, gid
+
+
+@dataclass(frozen=True)
+class Peer:
+    """Who connected, read once when the connection is accepted and used for every decision
+    about it: the uid, the primary and supplementary groups as they were at connect() (never
+    /proc/PID later, when the peer may have exited, its pid been reused, its groups changed, or
+    its descriptor passed to another process)."""
+
+    pid: int
+    uid: int
+    gid: int
+    groups: frozenset[int]
+
+
+def peer_of(sock: socket.socket) -> Peer:
+    pid, uid, gid = peer_creds(sock)
+    return Peer(pid, uid, gid, _peer_groups(sock, pid))
+
+
+def _peer_groups(sock: socket.socket, pid: int) -> frozenset[int]:
+    size = 4 * 64
+    while True:
+        try:
+            raw = sock.getsockopt(socket.SOL_SOCKET, SO_PEERGROUPS, size)
+            return frozenset(struct.unpack(f"{len(raw) // 4}I", raw[: len(raw) // 4 * 4]))
+        except OSError as exc:
+            if exc.errno == errno.ERANGE and size < 4 * 65536:
+                size = 4 * 65536  # NGROUPS_MAX
+                continue
+            if exc.errno not in (errno.ENOPROTOOPT, errno.EINVAL):
+                return frozenset()
+            break
+    # a kernel before 4.13: /proc now, at accept, is the nearest we can get to connect()
+    try:
+        with open(f"/proc/{pid}/status", encoding="ascii") as f:
+            for line in f:
+                if line.startswith("Groups:"):
+                    return frozenset(int(g) for g in line.split()[1:])
+    except (OSError, ValueError):
+        pass
+    return frozenset()
 
 
 def probe(path: str, timeout: float = PROBE_TIMEOUT_S) -> dict[str, Any] | None:
@@ -74,41 +123,75 @@ def who(reply: dict[str, Any]) -> str:
     return f"videofetchd pid {pid}" if isinstance(pid, int) else "a process (not answering)"
 
 
-def take_socket(path: str) -> tuple[socket.socket, bool]:
-    """Make ``path`` ours to bind: (the lock, held until closed; whether a stale socket was removed).
+def lock_path(path: str) -> str:
+    return path + ".lock"
 
-    AlreadyRunning when a live daemon holds the lock or answers on the path; ConfigError when
-    the path is something other than a socket.
+
+def take_socket(path: str) -> tuple[int, bool]:
+    """Make ``path`` ours to bind: (the lock's file descriptor, held until closed; whether a
+    stale socket was removed).
+
+    AlreadyRunning when a live daemon holds the lock (its pid, written in the lock file, is
+    named) or something answers on the path; ConfigError when the lock file cannot be opened
+    or the path is something other than a socket.
     """
-    key = hashlib.sha256(os.path.realpath(path).encode()).hexdigest()[:40]
-    lock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)  # not inherited by children
-    try:
-        lock.bind("\0videofetchd-control-" + key)
+    lock = lock_path(path)
+    try:  # O_NOFOLLOW: a symlink planted in a shared directory is refused, not followed
+        fd = os.open(lock, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
     except OSError as exc:
-        lock.close()
-        if exc.errno != errno.EADDRINUSE:
-            raise ConfigError(f"control.socket: cannot lock {path}: {exc.strerror}") from None
-        raise AlreadyRunning(f"another videofetchd already serves {path} "
-                             f"({_describe(probe(path))}); not starting a second daemon on it") from None
+        raise ConfigError(f"control.socket: cannot open the lock file {lock}: {exc.strerror}") from None
     try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise AlreadyRunning(f"another videofetchd ({_holder(fd)}) already serves {path}: it holds {lock}; "
+                                 "not starting a second daemon on it") from None
+        os.fchmod(fd, 0o600)  # only we may open it: a shared lock by anyone else would block us
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
         try:
             st = os.lstat(path)
         except FileNotFoundError:
-            return lock, False
+            return fd, False
         if not stat.S_ISSOCK(st.st_mode):
             raise ConfigError(f"control.socket: {path} exists and is not a socket")
         answer = probe(path)
         if answer is not None:
             raise AlreadyRunning(f"{who(answer)} already answers on {path}; not taking its socket over")
-        os.unlink(path)  # stale: its daemon is gone
-        return lock, True
+        os.unlink(path)  # stale: nobody holds the lock, nobody answers
+        return fd, True
     except BaseException:
-        lock.close()
+        os.close(fd)
         raise
 
 
-def _describe(answer: dict[str, Any] | None) -> str:
-    return "no answer on the socket yet" if answer is None else who(answer)
+def lock_holder(path: str) -> str | None:
+    """Who holds the lock of the socket at ``path`` (``"pid N"``), or None when nobody does or the
+    lock file is missing. PermissionError when it cannot be opened (another user's daemon). The
+    doctor asks this: a daemon that holds its lock but does not answer (hung, or the socket file
+    removed) still refuses a second daemon."""
+    try:
+        fd = os.open(lock_path(path), os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+    except FileNotFoundError:
+        return None
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+        except BlockingIOError:
+            return _holder(fd)
+        fcntl.flock(fd, fcntl.LOCK_UN)
+        return None
+    finally:
+        os.close(fd)
+
+
+def _holder(fd: int) -> str:
+    """The lock holder as its lock file names it (it writes its pid just after locking)."""
+    try:
+        text = os.pread(fd, 32, 0).decode("ascii", "replace").strip()
+    except OSError:
+        text = ""
+    return f"pid {text}" if text.isdigit() else "pid not yet written"
 
 
 @dataclass

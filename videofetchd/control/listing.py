@@ -114,7 +114,8 @@ def cmd_export(args: argparse.Namespace, cfg: Config, out: TextIO) -> int:
             if sink is not out:
                 sink.close()
         if tmp is not None and target is not None:
-            os.chmod(tmp, 0o644)
+            from ..queue.rows import output_mode
+            os.chmod(tmp, output_mode(target))
             os.replace(tmp, target)
             tmp = None
     except OSError as exc:

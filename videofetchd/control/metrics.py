@@ -29,7 +29,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Histo
 
 from .. import __version__
 from ..config import parse_listen
-from ..errors import ConfigError
+from ..errors import ListenUnavailable
 from ..queue.jobs import ErrorKind
 from ..queue.models import STATES
 from ..workers.health import DISK_SPACE, DOWNLOAD_DIRECTORY, WORKERS_CANNOT_START, WORKERS_CRASHING
@@ -45,6 +45,7 @@ WORKER_STATES = ("busy", "idle", "dormant", "restarting")
 #: host conditions that exist from the start (0 until one begins), so alerts see them begin
 KNOWN_CONDITIONS = (DISK_SPACE, DOWNLOAD_DIRECTORY, WORKERS_CANNOT_START, WORKERS_CRASHING)
 #: (outcome, error_kind) series that exist from the start, so rate() sees their first increase
+IDENTITY_OUTCOMES = ("done", "failed", "retried")  #: videofetchd_identity_jobs_total's outcomes, there from the start
 KNOWN_OUTCOMES = [("done", "")] + [("failed", k.value) for k in ErrorKind] + \
     [("retried", k.value) for k in ErrorKind if k not in (ErrorKind.PERMANENT, ErrorKind.INVALID)]
 
@@ -157,6 +158,17 @@ class Collector:
                 starts.add_metric([ident["name"], site["site"]], site["started"])
         yield _gauge("videofetchd_identity_running", "Jobs running under each egress identity (every host).",
                      [({"identity": i["name"]}, i["running"]) for i in idents])
+        yield _gauge("videofetchd_identity_paused", "1 while an identity takes no jobs at all on this daemon "
+                     "(its source_address cannot be bound); per-site throttling: identity_paused_seconds.",
+                     [({"identity": i["name"]}, int(i["fault"] is not None)) for i in idents])
+        jobs = CounterMetricFamily("videofetchd_identity_jobs", "Attempts that ended under an egress identity, "
+                                   "by outcome (done, failed for good, retried later), on this daemon.",
+                                   labels=["identity", "outcome"])
+        tally = dict(sup.stats.by_identity)
+        for name in sorted({i["name"] for i in idents} | {n for n, _ in tally}):
+            for outcome in IDENTITY_OUTCOMES:
+                jobs.add_metric([name, outcome], tally.get((name, outcome), 0))
+        yield jobs
         yield _gauge("videofetchd_identity_budget_tokens",
                      "Starts an identity may make on a site right now (its token bucket).", tokens)
         yield _gauge("videofetchd_identity_paused_seconds",
@@ -240,12 +252,14 @@ class MetricsServer:
         self.port = 0
 
     def start(self) -> None:
-        """Listen now; a port taken or an address not ours is a configuration error."""
+        """Listen now; ListenUnavailable (exit 75: systemd tries again) when the address cannot be
+        bound: a port taken, often by an instance still stopping, or an address not up yet."""
         host, port = parse_listen(self.listen)
         try:
             self._server, _thread = start_http_server(port, addr=host, registry=self.registry)
         except OSError as exc:
-            raise ConfigError(f"metrics.listen: cannot listen on {self.listen}: {exc.strerror or exc}") from None
+            raise ListenUnavailable(f"metrics.listen: cannot listen on {self.listen}: "
+                                    f"{exc.strerror or exc}") from None
         self.port = int(self._server.server_address[1])
         log.info("metrics on http://%s/metrics", self.listen)
 
@@ -258,7 +272,7 @@ class MetricsServer:
 
 def serve(listen: str, sup: Supervisor, *, info: ConfigInfo | None = None,
           scan: ScanStatus | None = None) -> MetricsServer:
-    """Start the endpoint for ``sup``; ConfigError when ``listen`` cannot be bound."""
+    """Start the endpoint for ``sup``; ListenUnavailable when ``listen`` cannot be bound."""
     server = MetricsServer(listen, Collector(sup, info=info, scan=scan))
     server.start()
     return server

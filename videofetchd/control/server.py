@@ -13,7 +13,6 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
-import socket
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import asdict, dataclass, field
@@ -21,7 +20,7 @@ from typing import TYPE_CHECKING, Any
 
 from .. import __version__
 from ..queue.store import redact
-from .guard import Admission, peer_creds, take_socket
+from .guard import Admission, Peer, peer_of, take_socket
 from .display import STALE_PROGRESS_S
 from .protocol import MAX_LINE, PRIVILEGED, PROTOCOL_VERSION, ProtocolError, decode_request, encode, error_reply
 
@@ -144,32 +143,25 @@ def _stack(found: dict[str, Any] | None, workers: list[dict[str, Any]]) -> dict[
             "children_ytdlp": sorted({w["ytdlp"] for w in workers if w.get("ytdlp")})}
 
 
-def peer_may_control(sock: socket.socket, socket_path: str, mode: int) -> bool:
-    """Root, our own user, or a member (primary or supplementary) of the socket file's group.
+def peer_may_control(peer: Peer | None, socket_path: str, mode: int) -> bool:
+    """Root, our own user, or a member (primary or supplementary) of the socket file's group,
+    judged on ``peer``: the credentials as they were at connect(), read when it was accepted.
 
     When the socket's mode grants "other" nothing, the file system has already admitted only
     the owner and the group, so nothing more is checked. That matters under PrivateUsers=, where
-    SO_PEERCRED shows outside users as nobody and /proc hides their groups.
+    SO_PEERCRED shows outside users as nobody and their groups are unmapped.
     """
     if not mode & 0o007:
         return True
-    pid, uid, gid = peer_creds(sock)
-    if uid in (0, os.getuid()):
+    if peer is None:
+        return False
+    if peer.uid in (0, os.getuid()):
         return True
     try:
         group = os.stat(socket_path).st_gid
     except OSError:
         return False
-    if gid == group:
-        return True
-    try:
-        with open(f"/proc/{pid}/status", encoding="ascii") as f:
-            for line in f:
-                if line.startswith("Groups:"):
-                    return str(group) in line.split()[1:]
-    except OSError:
-        pass
-    return False
+    return peer.gid == group or group in peer.groups
 
 
 class ControlServer:
@@ -179,7 +171,7 @@ class ControlServer:
         self.handlers = handlers
         self.server: asyncio.AbstractServer | None = None
         self.admission = Admission()
-        self._lock: socket.socket | None = None
+        self._lock: int | None = None  #: the fd of the flock on <socket>.lock
         self._inode: tuple[int, int] | None = None  # the socket file we created, to remove only ours
 
     def claim(self) -> None:
@@ -215,15 +207,15 @@ class ControlServer:
             except FileNotFoundError:
                 pass
         if self._lock is not None:
-            self._lock.close()
+            os.close(self._lock)  # the lock file stays: removing it would race the next daemon's lock
             self._lock = None
 
     async def _client(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         conn = None
         try:
             sock = writer.get_extra_info("socket")
-            uid = peer_creds(sock)[1] if sock is not None else -1
-            conn = self.admission.admit(uid, writer.close)
+            peer = peer_of(sock) if sock is not None else None  # now, once: see guard.Peer
+            conn = self.admission.admit(peer.uid if peer is not None else -1, writer.close)
             if conn is None:
                 writer.write(encode(error_reply("too many clients of this user")))
                 return
@@ -243,7 +235,7 @@ class ControlServer:
                 delay = self.admission.wait(conn)
                 if delay > 0:
                     await asyncio.sleep(delay)  # this user's rate: its requests queue, nobody else's
-                reply, keep_open = await self._answer(line, writer)
+                reply, keep_open = await self._answer(line, peer)
                 writer.write(encode(reply))
                 await asyncio.wait_for(writer.drain(), CLIENT_IDLE_TIMEOUT_S)  # a client that never reads
                 conn.busy(False)
@@ -256,15 +248,14 @@ class ControlServer:
                 self.admission.release(conn)
             writer.close()
 
-    async def _answer(self, line: bytes, writer: asyncio.StreamWriter) -> tuple[dict[str, Any], bool]:
+    async def _answer(self, line: bytes, peer: Peer | None) -> tuple[dict[str, Any], bool]:
         try:
             request = decode_request(line.strip())
         except ProtocolError as exc:
             return error_reply(str(exc)), False
         cmd = request["cmd"]
         if cmd in PRIVILEGED:
-            sock = writer.get_extra_info("socket")
-            if sock is None or not peer_may_control(sock, self.path, self.mode):
+            if not peer_may_control(peer, self.path, self.mode):
                 return error_reply(f"permission denied: '{cmd}' needs root, the daemon's user "
                                    "or the control socket's group"), False
         try:

@@ -191,7 +191,8 @@ def cmd_export_archive(args: argparse.Namespace, cfg: Config, out: TextIO) -> in
             if sink is not sys.stdout:
                 sink.close()
         if tmp is not None and target is not None:
-            os.chmod(tmp, 0o644)
+            from ..queue.rows import output_mode
+            os.chmod(tmp, output_mode(target))  # the replaced file's mode, else the umask's
             os.replace(tmp, target)
             tmp = None
     except OSError as exc:

@@ -66,6 +66,8 @@ class Outcome:
     error: str | None = None
     kind: ErrorKind | None = None  #: None: not the row's fault; handed back without charging an attempt
     condition: str | None = None  #: the host condition (health name) that made the job fail, if any
+    #: the errno of the OSError behind a failure (found in the exception chain, never in its text)
+    errno: int | None = None
     #: a playlist expanded (``download.expand_playlists``): (video_id, url) of each entry, to be
     #: queued as rows of their own; the child never touches the database, the recorder inserts them
     entries: tuple[tuple[str, str], ...] = ()
@@ -174,3 +176,31 @@ def backoff_delay(attempt: int, base: float, cap: float, rng: random.Random | No
 def throttle_delay(strikes: int, base: float, cap: float = 24 * 3600.0) -> float:
     """Site-wide pause after ``strikes`` consecutive throttling answers: doubles while it repeats."""
     return min(cap, base * (2 ** min(max(0, strikes - 1), 60)))
+
+
+#: who leases rows: the daemon, a one-shot ``videofetchctl fetch``, a library scan
+OWNER_SCOPES = ("daemon", "fetch", "scan")
+
+
+def lease_owner(node: str, pid: int, scope: str) -> str:
+    """The ``lease_owner`` a process writes on the rows it claims: ``<node>:<pid>@<scope>``.
+
+    The node and the pid keep two processes from ever renewing (or releasing) each other's
+    leases as their own; the scope tells an operator, and a restarted daemon, what kind of
+    process holds a row (two pid namespaces under one host name can repeat a pid, not both it
+    and the scope)."""
+    if scope not in OWNER_SCOPES:
+        raise ValueError(f"lease scope must be one of {', '.join(OWNER_SCOPES)}, got {scope!r}")
+    return f"{node}:{pid}@{scope}"
+
+
+def parse_owner(owner: str) -> tuple[str, int, str] | None:
+    """(node, pid, scope) of a ``lease_owner``, or None when it is not one of ours. The form of
+    earlier versions, ``<node>:<pid>``, reads with the scope "" (rows they left after an upgrade)."""
+    head, at, scope = owner.rpartition("@")
+    if not at or scope not in OWNER_SCOPES:
+        head, scope = owner, ""
+    node, colon, pid = head.rpartition(":")
+    if not colon or not node or not pid.isdigit():
+        return None
+    return node, int(pid), scope

@@ -11,6 +11,7 @@ Reads only; every statement here is a SELECT.
 
 from __future__ import annotations
 
+import os
 import uuid
 from collections.abc import Iterator, Sequence
 from typing import Any
@@ -90,3 +91,16 @@ def _cursor(store: Store, sql: str, params: Sequence[Any]) -> Iterator[tuple[Any
             peewee.InterfaceError) as exc:
         store.drop_connection()
         raise DatabaseUnavailable(f"database error: {str(exc).strip() or type(exc).__name__}") from exc
+
+
+def output_mode(target: str) -> int:
+    """The mode of a file written to a temporary name and renamed over ``target`` (export,
+    export-archive): the replaced file's, else what ``open()`` would have given under the user's
+    umask. mkstemp makes 0600, and a fixed 0644 made a manifest world-readable under umask 077
+    and took the group's bits off a shared one."""
+    try:
+        return os.stat(target).st_mode & 0o777
+    except OSError:
+        mask = os.umask(0)  # read it: there is no other way; the CLI runs one thread here
+        os.umask(mask)
+        return 0o666 & ~mask

@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING, Any
 
 from ..config import DownloadConfig
 from ..queue.jobs import PHASE_DOWNLOADING, PHASE_IDLE, ErrorKind, Job, Outcome
-from .hostprobe import host_outcome
+from .hostprobe import host_outcome, identity_outcome, os_errno
 
 if TYPE_CHECKING:
     from .download import Downloader
@@ -217,11 +217,12 @@ def run_job(job: Job, cfg: DownloadConfig, generation: int) -> Outcome:
         os.makedirs(cfg.directory, exist_ok=True)
         outcome = _downloader_for(cfg, generation, job.identity).run(job)
     except Exception as exc:  # noqa: BLE001 - a bug or odd input must cost one job, not the child
-        outcome = Outcome(False, error=f"{type(exc).__name__}: {exc}", kind=ErrorKind.TRANSIENT)
+        outcome = Outcome(False, error=f"{type(exc).__name__}: {exc}", kind=ErrorKind.TRANSIENT, errno=os_errno(exc))
     finally:
         s[ROW_ID] = 0
         s[JOBS] += 1
         s[PHASE] = PHASE_IDLE
+    outcome = identity_outcome(outcome, job)  # the row, or the identity's vanished source address?
     if outcome.kind is ErrorKind.TRANSIENT:  # the row, or the disk? a full disk must not burn rows
         outcome = host_outcome(outcome, cfg.directory, cfg.min_free_space)
     return outcome

@@ -23,6 +23,7 @@ import yt_dlp
 from yt_dlp.utils import DownloadError
 
 from . import netguard
+from .hostprobe import os_errno
 from ..config import DownloadConfig
 from ..errors import InvalidVideoId
 from ..queue.jobs import (PHASE_EXTRACTING, PHASE_IDLE, PHASE_POSTPROCESSING, ErrorKind, Job, Outcome, classify,
@@ -193,9 +194,9 @@ class Downloader:
         except SizeLimitExceeded as exc:
             outcome = Outcome(False, error=str(exc), kind=ErrorKind.PERMANENT)
         except DownloadError as exc:
-            outcome = _failure(_reason(exc, self.logger.errors), _http_status(exc))
+            outcome = _failure(_reason(exc, self.logger.errors), _http_status(exc), os_errno(exc))
         except yt_dlp.utils.YoutubeDLError as exc:
-            outcome = _failure(str(exc))
+            outcome = _failure(str(exc), None, os_errno(exc))
         finally:
             self.reporter.phase(PHASE_IDLE)
         refused = netguard.take_refusals()
@@ -330,8 +331,8 @@ def _http_status(exc: DownloadError) -> int | None:
     return status if isinstance(status, int) else None
 
 
-def _failure(message: str, http_status: int | None = None) -> Outcome:
-    return Outcome(False, error=message, kind=classify(message, http_status))
+def _failure(message: str, http_status: int | None = None, errno: int | None = None) -> Outcome:
+    return Outcome(False, error=message, kind=classify(message, http_status), errno=errno)
 
 
 def offline_id(url: str) -> str | None:

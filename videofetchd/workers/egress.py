@@ -20,8 +20,10 @@ from ..queue import budgets
 from ..queue.bucket import Bucket, Limits, level, token_wait
 from ..queue.jobs import Job, site_of, url_for
 from ..queue.store import Claimed, Store
+from .hostprobe import bind_error
 
 log = logging.getLogger(__name__)
+FAULT_RECHECK_S = 10.0  #: how often a faulted identity's source_address is tried again
 
 
 class Egress:
@@ -33,6 +35,29 @@ class Egress:
         self.read_at = 0.0  # monotonic time of the last refresh
         self.buckets: dict[tuple[str, str], Bucket] = {}
         self.running: dict[str, int] = {}
+        #: identities whose source_address this host cannot bind: name -> (why, monotonic time of
+        #: the last bind attempt); they take no job until a bind works again
+        self.faults: dict[str, tuple[str, float]] = {}
+
+    def fault(self, name: str, why: str) -> None:
+        """A job of identity ``name`` met EADDRNOTAVAIL: its address went away. Pause it (its row
+        is handed back uncharged); ``claim`` tries a bind every FAULT_RECHECK_S and resumes it."""
+        if name not in self.faults:
+            log.error("%s; identity %s takes no jobs until its address is back", why, name)
+        self.faults[name] = (why, time.monotonic())
+
+    def _usable(self, d: DownloadConfig, now: float) -> list[Limits]:
+        for ident in d.identities:
+            fault = self.faults.get(ident.name)
+            if fault is None or now - fault[1] < FAULT_RECHECK_S:
+                continue
+            if not ident.source_address or bind_error(ident.source_address) is None:
+                del self.faults[ident.name]
+                log.warning("identity %s: source_address %s can be bound again; it takes jobs again",
+                            ident.name, ident.source_address or "(none)")
+            else:
+                self.faults[ident.name] = (fault[0], now)
+        return [Limits.of(i) for i in d.identities if i.name not in self.faults]
 
     async def claim(self, cfg: Config, owner: str, limit: int, now: float) -> tuple[list[Claimed], float | None]:
         """Claim up to ``limit`` rows; returns them and the seconds until the url_template's site
@@ -43,7 +68,9 @@ class Egress:
             default_site = site_of(url_for("x", None, d.url_template))
             url_only = self.site_pauses.get(default_site, 0.0) > now
             return await self.db(self.store.claim, owner, limit, lease, url_rows_only=url_only), None
-        limits = [Limits.of(i) for i in d.identities]
+        limits = self._usable(d, time.monotonic())
+        if not limits:
+            return [], None
         result = await self.db(budgets.claim, self.store, owner, limit, lease, limits, d.url_template)
         return result.claimed, result.retry_in
 
@@ -107,7 +134,8 @@ class Egress:
                            "proxy": _redact(proxy) if isinstance(proxy, str) else None,
                            "max_per_hour": ident.max_per_hour or None, "burst": ident.burst,
                            "max_concurrent": ident.max_concurrent or None,
-                           "running": self.running.get(ident.name, 0), "sites": sites})
+                           "running": self.running.get(ident.name, 0), "sites": sites,
+                           "fault": self.faults[ident.name][0] if ident.name in self.faults else None})
         return result
 
 

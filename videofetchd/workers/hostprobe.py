@@ -12,18 +12,19 @@ from __future__ import annotations
 import dataclasses
 import errno
 import os
-import re
+import socket
 import tempfile
 from typing import NamedTuple
 
-from ..queue.jobs import Outcome
+from ..config import Config, DownloadConfig
+from ..errors import ConfigError
+from ..queue.jobs import Job, Outcome
 from .health import DISK_SPACE, DOWNLOAD_DIRECTORY
 
 #: errors that mean the disk (or the user's quota) is full: a host condition, never the row's fault
 DISK_FULL_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT})
 #: below this much free space a failed job is put down to the disk even with min_free_space 0
 LOW_SPACE_FLOOR = 1024 * 1024
-_ERRNO_RE = re.compile(r"\[Errno (\d+)\]")
 
 
 class Fault(NamedTuple):
@@ -103,10 +104,29 @@ def probe_space(path: str, min_free: int) -> tuple[int | None, Fault | None]:
     return free, None
 
 
-def error_errno(text: str) -> int | None:
-    """The errno an error message carries (yt-dlp and Python write "[Errno 28] ...")."""
-    m = _ERRNO_RE.search(text)
-    return int(m.group(1)) if m else None
+def os_errno(exc: BaseException | None) -> int | None:
+    """The errno of the first OSError behind ``exc``: the exception itself, then its
+    ``__cause__``/``__context__`` and yt-dlp's ``exc_info`` (a DownloadError carries the error it
+    reported in ``exc_info``, its text often without the errno: "Cannot write video description
+    file"). The text is never read: strerror changes with the locale, and an error text can
+    quote a site's words, "[Errno 28]" included."""
+    todo: list[BaseException | None] = [exc]
+    seen: set[int] = set()
+    while todo:
+        e = todo.pop(0)
+        if e is None or id(e) in seen:
+            continue
+        seen.add(id(e))
+        if isinstance(e, OSError) and isinstance(e.errno, int):
+            return e.errno
+        info = getattr(e, "exc_info", None)
+        if isinstance(info, tuple) and len(info) >= 2 and isinstance(info[1], BaseException):
+            todo.append(info[1])
+        reason = getattr(e, "reason", None)  # urllib's URLError wraps the OSError it met
+        if isinstance(reason, BaseException):
+            todo.append(reason)
+        todo += [e.__cause__, e.__context__]
+    return None
 
 
 def host_outcome(outcome: Outcome, directory: str, min_free: int) -> Outcome:
@@ -114,7 +134,7 @@ def host_outcome(outcome: Outcome, directory: str, min_free: int) -> Outcome:
     download directory is to blame (the row is then handed back without charging an attempt)."""
     error = outcome.error or ""
     fault = None
-    if error_errno(error) in DISK_FULL_ERRNOS:
+    if outcome.errno in DISK_FULL_ERRNOS:
         free = free_bytes(directory)
         where = f" ({human_size(free)} free in {directory})" if free is not None else ""
         fault = Fault(DISK_SPACE, f"{error}{where}")
@@ -126,3 +146,46 @@ def host_outcome(outcome: Outcome, directory: str, min_free: int) -> Outcome:
     if fault is None:
         return outcome
     return dataclasses.replace(outcome, error=fault.detail, kind=None, condition=fault.condition)
+
+
+def bind_error(address: str) -> str | None:
+    """Why no socket can be bound to ``address`` (port 0) on this host, or None when one can:
+    yt-dlp binds every connection of an identity to its ``source_address``, so an address this
+    host does not have fails every one of them (EADDRNOTAVAIL)."""
+    family = socket.AF_INET6 if ":" in address else socket.AF_INET
+    try:
+        with socket.socket(family, socket.SOCK_STREAM) as s:
+            s.bind((address, 0))
+    except OSError as exc:
+        return exc.strerror or str(exc)
+    return None
+
+
+def source_problems(d: DownloadConfig) -> list[str]:
+    """One line per identity whose ``source_address`` cannot be bound here, naming its key."""
+    problems = []
+    for i, ident in enumerate(d.identities):
+        why = bind_error(ident.source_address) if ident.source_address else None
+        if why is not None:
+            problems.append(f"download.identities[{i}].source_address: {ident.source_address} is not an "
+                            f"address of this host (cannot bind to it: {why}); identity {ident.name} "
+                            "could connect nowhere")
+    return problems
+
+
+def check_sources(cfg: Config) -> None:
+    """ConfigError for the first identity whose ``source_address`` this host cannot bind: at
+    start (exit 78) and on reload (the old config stays), not on every job."""
+    problems = source_problems(cfg.download)
+    if problems:
+        raise ConfigError(f"{cfg.path or 'config'}: {problems[0]}")
+
+
+def identity_outcome(outcome: Outcome, job: Job) -> Outcome:
+    """A failed job whose identity's ``source_address`` went away (EADDRNOTAVAIL): the identity's
+    fault, not the row's. The row is handed back uncharged and the supervisor pauses the
+    identity (``Egress.fault``) until its address can be bound again."""
+    if outcome.ok or job.identity is None or outcome.errno != errno.EADDRNOTAVAIL:
+        return outcome
+    return dataclasses.replace(outcome, kind=None, error=f"identity {job.identity}: its source_address cannot "
+                               f"be bound on this host ({outcome.error})")

@@ -143,9 +143,17 @@ def _kind(addr: Address) -> str | None:
 def policy_for(allow: Iterable[str], proxy: str | None = None, programs: Iterable[str] = ()) -> Policy:
     """The policy of one config generation: ``download.allow_addresses`` plus the proxies yt-dlp
     will use (``proxy``, else the environment's ``*_proxy``), resolved now, in the child, and the
-    external downloaders the user configured (``programs``: names or paths)."""
+    external downloaders the user configured (``programs``: names or paths).
+
+    ``no_proxy`` names hosts reached *directly*: they are not proxies, and their connections are
+    checked like any other (``getproxies()`` hands them over under the key ``"no"``, which once
+    went into the proxy list and let ``no_proxy=10.0.0.5`` open 10.0.0.5:80). An empty ``proxy``
+    is yt-dlp's "no proxy at all": the environment's proxies are not used then either."""
     allowed = tuple(ipaddress.ip_network(cidr, strict=False) for cidr in allow)
-    urls = [proxy] if proxy else list(urllib.request.getproxies().values())
+    if proxy is not None:
+        urls = [proxy] if proxy else []
+    else:
+        urls = [url for scheme, url in urllib.request.getproxies().items() if scheme != "no"]
     endpoints: set[tuple[str, int]] = set()
     for url in urls:
         parts = urllib.parse.urlsplit(url if "://" in url else "http://" + url)

@@ -29,36 +29,45 @@ from .upgrade import recycle_stale
 log = logging.getLogger("videofetchd.supervisor")
 WARM_HUNG_MIN_S = 10.0  #: a warm-up that takes longer than this (and stall_timeout) has hung
 LIVENESS_EVERY_S = 1.0  #: how often idle children are checked to be alive
-CPU_WINDOW_S = 0.15  #: the window over which CpuGate measures the children's CPU use
-CPU_BOUND = 0.9  #: of the cores: this busy, the machine has no core to spare for another child
+CPU_WINDOW_S = 0.15  #: the window over which CpuGate measures the machine's CPU use
+MACHINE_BUSY = 0.9  #: of the cores: this busy, the machine has no core to spare for another child
+SHORT_JOBS_S = 1.0  #: a job ended this recently: jobs are short, and the CPU may be what limits them
+FIRST_JOB_S = 0.25  #: no child beyond one per core this soon after the first, unless a job ended
 _TICKS = os.sysconf("SC_CLK_TCK")
 
 
 class CpuGate:
-    """Is every core busy already? Users size ``workers`` for their bandwidth, not their cores:
-    with files that take no time to arrive (small ones on a fast link) the work is CPU-bound, and
-    a child more only shares the same cores (on the 2-core benchmark 8 children were 13 % slower
-    than 4). So beyond one child per core, a one-shot run starts another only while the machine's
-    cores were less than ``CPU_BOUND`` busy over the last ``CPU_WINDOW_S`` (/proc/stat, every
-    process: a core another program keeps busy is no more ours). Waiting for bytes, children use
-    little, and every slot starts."""
+    """Is every core busy already while jobs end one after another? Users size ``workers`` for
+    their bandwidth, not their cores: with files that take no time to arrive (small ones on a
+    fast link) the work is CPU-bound, and a child more only shares the same cores (on the 2-core
+    benchmark 8 children were 13 % slower than 4). So beyond one child per core, a one-shot run
+    starts another only unless jobs are ending (one ended within ``SHORT_JOBS_S``) and the
+    machine's cores were ``MACHINE_BUSY`` busy over the last ``CPU_WINDOW_S`` (/proc/stat: a core
+    another program keeps busy is no more ours), and not in the first ``FIRST_JOB_S`` before a
+    job ended. Long downloads that wait for bytes start every slot within a quarter second."""
 
     def __init__(self) -> None:
         self.cores = os.cpu_count() or 1
         self._mark: tuple[float, float] | None = None  # (monotonic, busy CPU seconds of the machine)
-        self._bound = True  # not measured yet: no child beyond one per core
-        self.rate: float | None = None  #: busy cores over the last window measured
+        self._bound = True  # not measured yet
+        self.rate: float | None = None  #: busy cores of the machine over the last window measured
+        self.job_ended_at = float("-inf")  #: monotonic; set by the pool
+        self.started_at = time.monotonic()  #: when the first child was up (set by the pool)
 
     def bound(self, now: float, started: int) -> bool:
         if started < self.cores:
             return False
+        if self.job_ended_at == float("-inf") and now - self.started_at < FIRST_JOB_S:
+            return True  # the first jobs run: more forks now only slow them (and the first file)
+        if now - self.job_ended_at > SHORT_JOBS_S:
+            return False
         if self._mark is None or now - self._mark[0] >= CPU_WINDOW_S:
             busy = _machine_busy_seconds()
-            if self._mark is not None and busy is not None:
-                self.rate = max(0.0, busy - self._mark[1]) / (now - self._mark[0])
-                self._bound = self.rate >= CPU_BOUND * self.cores
-            elif busy is None:
+            if busy is None:
                 self._bound = False  # no /proc/stat: go by the worker count, as before
+            elif self._mark is not None:
+                self.rate = max(0.0, busy - self._mark[1]) / (now - self._mark[0])
+                self._bound = self.rate >= MACHINE_BUSY * self.cores
             self._mark = (now, busy or 0.0)
         return self._bound
 
@@ -102,6 +111,7 @@ class Pool:
         started, and a one-shot run of three rows starts three children, not ``workers``."""
         for i in range(cfg.workers):
             self.add(i, cfg, generation, start=i == 0)
+        self.cpu.started_at = time.monotonic()  # (the first start waited for the forkserver)
 
     def grow(self, cfg: DownloadConfig, generation: int, now: float, *, rows_waiting: bool | None) -> None:
         """Wake one dormant slot once every child is up (none still starting: children that
@@ -148,6 +158,7 @@ class Pool:
 
     def after_job(self, slot: Slot, cfg: DownloadConfig, generation: int) -> None:
         """Recycle a child between jobs when it has done enough or grown too big."""
+        self.cpu.job_ended_at = time.monotonic()
         rss = slot.rss()
         if slot.jobs_done >= cfg.recycle_after_jobs or rss > cfg.recycle_rss:
             log.info("slot %d: recycling child %d after %d jobs (RSS %d MiB)", slot.index, slot.pid,

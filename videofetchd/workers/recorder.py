@@ -75,6 +75,8 @@ class JobStats:
 
     #: (outcome, error_kind) -> attempts that ended so; outcome is done, failed or retried, error_kind "" for done
     finished: collections.Counter[tuple[str, str]] = field(default_factory=collections.Counter)
+    #: (identity, outcome) of the attempts that ended under an egress identity
+    by_identity: collections.Counter[tuple[str, str]] = field(default_factory=collections.Counter)
     durations: Buckets = field(default_factory=lambda: Buckets(DURATION_BUCKETS_S))
     queue_waits: Buckets = field(default_factory=lambda: Buckets(QUEUE_WAIT_BUCKETS_S))
 
@@ -118,7 +120,7 @@ class Recorder:
             elif job.attempt >= d.max_attempts:
                 self.failed(job, error, ErrorKind.TRANSIENT)
             else:
-                self._tally("retried", ErrorKind.TRANSIENT.value, "queued")
+                self._tally("retried", ErrorKind.TRANSIENT.value, "queued", job.identity)
                 self.counters.retried += 1
 
     async def _write(self, job: Job, o: Outcome, d: DownloadConfig) -> None:
@@ -129,7 +131,10 @@ class Recorder:
         if o.ok and o.entries:
             kept, added = await self.db(playlists.expand, st, job.row_id, token, o.entries, extractor=o.extractor)
             self.counters.completed += kept
-            if kept:
+            if kept:  # the playlist's row is done once, like a download; its new rows are queued
+                self._tally("done", "", "done", job.identity)
+                if self.queue_counts:
+                    self.queue_counts["queued"] = self.queue_counts.get("queued", 0) + added
                 log.info("job %s: a playlist of %d entries, queued as rows (%d new)", job.video_id,
                          len(o.entries), added)
         elif o.ok:
@@ -137,7 +142,7 @@ class Recorder:
                                  file_size=o.file_size or 0, extractor=o.extractor)
             self.counters.completed += kept
             if kept:
-                self._tally("done", "", "done")
+                self._tally("done", "", "done", job.identity)
                 log.info("job %s done: %s (%d bytes)", job.video_id, o.file_path, o.file_size or 0)
             site = site_of(job.url)
             if site in self.site_pauses:
@@ -159,7 +164,7 @@ class Recorder:
             delay = await self.egress.throttled(job, d, o.error or "throttled")
             kept = await self.db(st.release, job.row_id, token, delay_s=delay, reason=o.error)
             if kept:
-                self._tally("retried", o.kind.value, "queued")
+                self._tally("retried", o.kind.value, "queued", job.identity)
         else:
             delay = backoff_delay(job.attempt, d.retry_backoff, d.retry_backoff_max, self._rng)
             kept = await self.db(st.retry_later, job.row_id, token, error=o.error or "",
@@ -168,7 +173,7 @@ class Recorder:
                 self.failed(job, o.error or "", o.kind)
                 final = True
             elif kept:
-                self._tally("retried", o.kind.value, "queued")
+                self._tally("retried", o.kind.value, "queued", job.identity)
                 self.counters.retried += 1
                 log.warning("job %s failed (attempt %d/%d, %s): %s; retry in %.0fs", job.video_id,
                             job.attempt, d.max_attempts, o.kind.value, o.error, delay)
@@ -192,13 +197,15 @@ class Recorder:
         if await self.db(self.store.release, c.row_id, c.claim_token, **how):
             move_count(self.queue_counts, "running", "queued")
 
-    def _tally(self, outcome: str, kind: str, new_status: str) -> None:
+    def _tally(self, outcome: str, kind: str, new_status: str, identity: str | None) -> None:
         self.stats.finished[(outcome, kind)] += 1
+        if identity is not None:
+            self.stats.by_identity[(identity, outcome)] += 1
         move_count(self.queue_counts, "running", new_status)
 
     def failed(self, job: Job, error: str, kind: ErrorKind) -> None:
         """A row failed for good (its write was kept)."""
-        self._tally("failed", kind.value, "failed")
+        self._tally("failed", kind.value, "failed", job.identity)
         self.counters.failed += 1
         self.failures.append((job.video_id, error))
         log.error("job %s failed for good (attempt %d): %s", job.video_id, job.attempt, error)

@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import dataclasses
+import errno
 import functools
 import logging
 import os
@@ -23,7 +24,7 @@ from typing import Any
 from ..config import Config, DownloadConfig
 from ..queue.dblink import DB_CALL_TIMEOUT_S, DbLink
 from ..errors import DatabaseGone, DatabaseUnavailable, HostFault, InvalidVideoId, SupervisorFailed
-from ..queue.jobs import Job, Outcome, site_of, url_for
+from ..queue.jobs import Job, Outcome, lease_owner, site_of, url_for
 from .breaker import CrashBreaker
 from .health import Health
 from .hostwatch import HostWatch
@@ -50,7 +51,7 @@ class Supervisor:
         self.node = node
         # the pid makes the lease owner unique per process: a one-shot fetch next to the daemon,
         # or a restarted daemon, must never renew (or release) another process's leases
-        self.owner = f"{node}:{os.getpid()}"
+        self.owner = lease_owner(node, os.getpid(), "fetch" if one_shot else "daemon")
         self.one_shot = one_shot
         self.generation = 1
         self.state = "starting"
@@ -115,6 +116,10 @@ class Supervisor:
             while True:
                 now = time.monotonic()
                 self.last_turn = now
+                # cleared before the pass, not after it: a job that ends while the pass awaits the
+                # database sets it again, and the next pass reaps that job at once (cleared after,
+                # the wake-up was lost and the job sat reaped by nobody for a whole tick)
+                self._wake.clear()
                 try:
                     if await self._pass(now):
                         break
@@ -122,7 +127,6 @@ class Supervisor:
                     raise  # not a bad pass: every result from now on would be lost
                 except Exception as exc:  # noqa: BLE001 - one bad pass must not leave downloads unattended
                     self._pass_failed(now, exc)
-                self._wake.clear()
                 try:
                     await asyncio.wait_for(self._wake.wait(), self._timeout(now))
                 except asyncio.TimeoutError:
@@ -213,6 +217,9 @@ class Supervisor:
             if not slot.busy or slot.future is None or not slot.future.done():
                 continue
             reason, pid, files = slot.kill_reason, slot.pid, slot.files()
+            # a slot is free: claim for it in this pass (the wake-up of its end may have come while
+            # the previous pass ran, before that pass's claim put the next one off by a poll)
+            self._next_claim = 0.0
             self.counters.downloaded_bytes += slot.new_bytes()
             if reason != "daemon stopping":
                 self.stats.durations.observe(time.monotonic() - slot.started_at)
@@ -234,6 +241,8 @@ class Supervisor:
                 outcome = self.pool.lost_child(slot, reason, exc, self.cfg.download)
             if outcome.condition is not None:  # the host, not the row: pause; the row is handed back
                 self.hostwatch.job_fault(outcome.condition, outcome.error or "")
+            elif outcome.kind is None and outcome.errno == errno.EADDRNOTAVAIL and job.identity:
+                self.egress.fault(job.identity, outcome.error or "")  # the identity's, not the row's
             await self._record(job, dataclasses.replace(outcome, files=files))
 
     async def _give_up(self, slot: Slot) -> None:
