@@ -6,14 +6,15 @@ PREFIX  ?= /usr/local
 DESTDIR ?=
 RUNDIR  ?= .run
 
-.PHONY: all venv run demo test test-unit test-integration lint typecheck check e2e bench smoke install uninstall clean
+.PHONY: all venv run demo test test-unit test-integration lint typecheck check e2e bench smoke install uninstall clean \
+	upgrade-ytdlp
 
 all: venv
 
 $(VENV)/.installed: setup.cfg pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
-	$(PY) -m pip install -q -e '.[postgres,test]'
+	$(PY) -m pip install -q -e '.[sites,postgres,test]'
 	touch $@
 
 venv: $(VENV)/.installed
@@ -55,7 +56,7 @@ bench: venv
 smoke:
 	rm -rf $(RUNDIR)/smoke
 	$(PYTHON) -m venv $(RUNDIR)/smoke
-	$(RUNDIR)/smoke/bin/python -m pip install -q '.[postgres]'
+	$(RUNDIR)/smoke/bin/python -m pip install -q '.[sites,postgres]'
 	$(RUNDIR)/smoke/bin/videofetchd --version
 	$(RUNDIR)/smoke/bin/videofetchctl --version
 	$(RUNDIR)/smoke/bin/python -m videofetchd --version
@@ -86,7 +87,7 @@ install:
 	echo "install: venv $$dest$$lib (python $$py)"; \
 	"$$py" -m venv --clear "$$dest$$lib"; \
 	if [ -n "$$dest" ]; then compile=--no-compile; else compile=; fi; \
-	"$$dest$$lib/bin/python" -m pip install -q --disable-pip-version-check $$compile '.[postgres]'; \
+	"$$dest$$lib/bin/python" -m pip install -q --disable-pip-version-check $$compile '.[sites,postgres]'; \
 	if [ -n "$$dest" ]; then \
 	  grep -rlIF -- "$$dest$$lib" "$$dest$$lib" | while IFS= read -r f; do \
 	    sed -i "s|$$dest$$lib|$$lib|g" "$$f"; done; \
@@ -98,6 +99,9 @@ install:
 	sed -e "s|@BINDIR@|$$prefix/bin|g" -e "s|@DOCDIR@|$$docdir|g" systemd/videofetchd.service \
 	  > "$$dest$$unitdir/videofetchd.service"; \
 	chmod 0644 "$$dest$$unitdir/videofetchd.service"; \
+	sed -e "s|@LIBDIR@|$$lib|g" -e "s|@DOCDIR@|$$docdir|g" systemd/videofetchd-upgrade.service > "$$dest$$unitdir/videofetchd-upgrade.service"; \
+	install -m 0644 systemd/videofetchd-upgrade.timer "$$dest$$unitdir/videofetchd-upgrade.timer"; \
+	chmod 0644 "$$dest$$unitdir/videofetchd-upgrade.service"; \
 	install -m 0644 systemd/videofetchd.sysusers "$$dest$$sysusersdir/videofetchd.conf"; \
 	install -m 0644 systemd/videofetchd.tmpfiles "$$dest$$tmpfilesdir/videofetchd.conf"; \
 	install -m 0644 systemd/notify-reload.conf "$$dest$$docdir/notify-reload.conf"; \
@@ -113,7 +117,22 @@ install:
 	    systemd-tmpfiles --create "$$tmpfilesdir/videofetchd.conf"; fi; \
 	  if [ -d /run/systemd/system ]; then systemctl daemon-reload; fi; \
 	  echo "install: done; enable with: systemctl enable --now videofetchd"; \
+	  echo "install: weekly yt-dlp upgrades (optional): systemctl enable --now videofetchd-upgrade.timer"; \
 	fi
+
+## upgrade-ytdlp: the newest yt-dlp[default] (with the yt-dlp-ejs it pins) and deno, together, into the
+## installed venv ($(PREFIX)/lib/videofetchd; VENV=path for another, e.g. VENV=.venv). The running
+## daemon notices within seconds and moves new jobs to them (running ones finish on the old yt-dlp).
+## systemd/videofetchd-upgrade.timer runs the same weekly once enabled. pip honours PIP_* variables.
+upgrade-ytdlp:
+	@set -eu; \
+	venv='$(if $(filter command line,$(origin VENV)),$(VENV),$(PREFIX)/lib/videofetchd)'; \
+	[ -x "$$venv/bin/python" ] || { echo "upgrade-ytdlp: no venv at $$venv (make install first, or VENV=path)" >&2; exit 1; }; \
+	before=$$("$$venv/bin/python" -m pip list --disable-pip-version-check 2>/dev/null | awk '$$1 ~ /^(yt-dlp|yt-dlp-ejs|deno)$$/ {printf "%s %s  ", $$1, $$2}'); \
+	"$$venv/bin/python" -m pip install -q --disable-pip-version-check --upgrade --upgrade-strategy only-if-needed \
+	  'yt-dlp[default]' deno; \
+	after=$$("$$venv/bin/python" -m pip list --disable-pip-version-check 2>/dev/null | awk '$$1 ~ /^(yt-dlp|yt-dlp-ejs|deno)$$/ {printf "%s %s  ", $$1, $$2}'); \
+	echo "upgrade-ytdlp: $$venv: before: $$before"; echo "upgrade-ytdlp: $$venv: now:    $$after"
 
 ## uninstall: removes what install put in place; keeps /etc/videofetchd, /var/lib/videofetchd and
 ## the videofetchd user (like a package removal without purge).
@@ -128,6 +147,9 @@ uninstall:
 	for b in videofetchd videofetchctl; do \
 	  if [ -L "$$dest$$prefix/bin/$$b" ]; then rm -f "$$dest$$prefix/bin/$$b"; fi; done; \
 	rm -rf "$$dest$$lib" "$$dest$$prefix/share/doc/videofetchd"; \
+	if [ -z "$$dest" ] && [ -d /run/systemd/system ]; then \
+	  systemctl disable --now videofetchd-upgrade.timer 2>/dev/null || true; fi; \
+	rm -f "$$dest$$unitdir/videofetchd-upgrade.service" "$$dest$$unitdir/videofetchd-upgrade.timer"; \
 	rm -f "$$dest$$unitdir/videofetchd.service" "$$dest$$sysusersdir/videofetchd.conf" \
 	  "$$dest$$tmpfilesdir/videofetchd.conf"; \
 	if [ -z "$$dest" ] && [ -d /run/systemd/system ]; then systemctl daemon-reload; fi; \

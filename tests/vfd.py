@@ -114,12 +114,12 @@ class NotifyListener:
 class Daemon:
     """``videofetchd --config CONFIG`` as a child process, stderr captured to a file."""
 
-    def __init__(self, config: Path, *, env: dict[str, str] | None = None) -> None:
+    def __init__(self, config: Path, *, env: dict[str, str] | None = None, python: str = PY) -> None:
         self.config = config
         self.log_path = config.parent / f"daemon-{time.monotonic_ns()}.log"
         self._log = open(self.log_path, "w")
         full_env = {**os.environ, **(env or {})}
-        self.proc = subprocess.Popen([PY, "-m", "videofetchd", "--config", str(config)],
+        self.proc = subprocess.Popen([python, "-m", "videofetchd", "--config", str(config)],
                                      stdout=self._log, stderr=subprocess.STDOUT, env=full_env)
         sock = Path(yaml.safe_load(config.read_text())["control"]["socket"])
         try:
@@ -189,9 +189,10 @@ def shutdown(d: Daemon) -> None:
 
 
 @contextlib.contextmanager
-def running(config: Path, env: dict[str, str] | None = None) -> Iterator[Daemon]:
-    """A daemon for the duration of a ``with`` block, shut down whatever happens."""
-    d = Daemon(config, env=env)
+def running(config: Path, env: dict[str, str] | None = None, python: str = PY) -> Iterator[Daemon]:
+    """A daemon for the duration of a ``with`` block, shut down whatever happens (``python``: the
+    interpreter of another venv)."""
+    d = Daemon(config, env=env, python=python)
     try:
         yield d
     finally:

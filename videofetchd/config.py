@@ -92,6 +92,11 @@ class DownloadConfig:
     allow_addresses: tuple[str, ...] = ()
     expand_playlists: bool = False  # a playlist URL queues its entries as rows (else it fails at once)
     ytdlp: dict[str, Any] = field(default_factory=dict)  # extra YoutubeDL params, passed through
+    #: yt-dlp's cache (player code, challenge solver results), shared by every child; empty = chosen
+    #: at load: $CACHE_DIRECTORY (systemd's CacheDirectory=), else "cache" next to a SQLite database,
+    #: else ~/.cache/videofetchd (see resolve_cache_dir)
+    cache_dir: str = ""
+    ytdlp_max_age_days: int = _int(90, minimum=0)  # the doctor warns about an older yt-dlp; 0 = never
     identities: tuple[Identity, ...] = ()  # egress identities with budgets; none = one implicit identity
 
     def identity(self, name: str | None) -> Identity | None:
@@ -147,6 +152,11 @@ class Config:
     logging: LoggingConfig = field(default_factory=LoggingConfig)
     path: str = field(default="", metadata={"internal": True})  # the file it came from
 
+    def __post_init__(self) -> None:
+        # an empty download.cache_dir is decided here, once, where the database URL is known
+        if not self.download.cache_dir:
+            object.__setattr__(self, "download", dataclasses.replace(self.download, cache_dir=resolve_cache_dir(self)))
+
     def node_name(self) -> str:
         return self.database.node_name or socket.gethostname()
 
@@ -188,6 +198,8 @@ def _validate(cfg: Config, loader: Loader) -> None:
         except ValueError:
             raise loader.error(f"download.allow_addresses[{i}]",
                                f"expected an address or CIDR range such as 192.168.1.0/24, got {cidr!r}") from None
+    if cfg.download.cache_dir and not os.path.isabs(cfg.download.cache_dir):
+        raise loader.error("download.cache_dir", f"expected an absolute path, got {cfg.download.cache_dir!r}")
     if "max_filesize" in cfg.download.ytdlp:
         # yt-dlp's option checks only a declared length, and its refusal looks like success
         raise loader.error("download.ytdlp.max_filesize", "use download.max_filesize, which counts the bytes "
@@ -259,6 +271,23 @@ def parse_database_url(url: str) -> tuple[str, dict[str, Any]]:
     return "postgres", {"dbname": unq(parts.path.lstrip("/")) or "postgres", "host": parts.hostname or None,
                         "port": port, "user": unq(parts.username) if parts.username else None,
                         "password": unq(parts.password) if parts.password else None}
+
+
+def resolve_cache_dir(cfg: Config) -> str:
+    """Where yt-dlp's cache goes when ``download.cache_dir`` is empty: the unit's
+    ``CacheDirectory=`` ($CACHE_DIRECTORY), else ``cache`` next to a SQLite database (``make run``
+    puts it under its run directory that way), else ~/.cache/videofetchd (PostgreSQL, no unit)."""
+    from_systemd = os.environ.get("CACHE_DIRECTORY", "").split(":")[0]
+    if from_systemd:
+        return from_systemd
+    try:
+        backend, params = parse_database_url(cfg.database.url)
+    except ValueError:  # refused by the validation that follows
+        backend, params = "", {}
+    if backend == "sqlite" and params["path"] != ":memory:":
+        return os.path.join(os.path.dirname(os.path.abspath(params["path"])), "cache")
+    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return os.path.join(base, "videofetchd")
 
 
 def from_dict(data: Any, source: str = "<config>") -> Config:

@@ -27,6 +27,8 @@ from .control import doctor
 from .workers.hostprobe import check_sources
 from .workers.slots import pid_alive, remove_stale_tempdirs
 from .workers.supervisor import Supervisor
+from .workers import stack as stack_mod
+from .workers.upgrade import StackWatch, renew_forkserver
 from .control.systemd import Notifier, watchdog_period
 
 log = logging.getLogger(__name__)
@@ -55,6 +57,9 @@ class Daemon:
         self._nudged_at = 0.0
         self._nudge_due = False
         self.metrics: Any = None  # control.metrics.MetricsServer while metrics.listen is set
+        self.stack: dict[str, Any] = {}  # the yt-dlp stack installed, probed at start and after an upgrade
+        self.stack_watch = StackWatch()  # made right after the forkserver started: what it loaded
+        self._renewing = False
 
     async def run(self) -> int:
         loop = asyncio.get_running_loop()
@@ -105,6 +110,7 @@ class Daemon:
             log.info("videofetchd ready as %s with %d workers", node, len(sup.slots))
             self.notifier.ready(self._status_line())
             self._start_scan(self.cfg)
+            asyncio.create_task(self._probe_stack(), name="stack-probe")
             await self._main_loop(task)
         finally:
             for extra in (listener, self.scan_task):
@@ -148,6 +154,9 @@ class Daemon:
                 await self._handle_signal(self.signals.pop(0))
             now = time.monotonic()
             self._limit_scan_hold(now)
+            found = self.stack_watch.poll(now)
+            if found is not None and not self._renewing and not sup.stopping:
+                asyncio.create_task(self._renew(found), name="renew-forkserver")
             if period is not None and now >= next_ping:
                 # ping only while the supervisor loop is really turning
                 if sup.healthy(now):
@@ -188,6 +197,7 @@ class Daemon:
             log.info("reload ignored: stopping")
             return {"ok": False, "error": "daemon is stopping"}
         self.notifier.reloading()
+        self.stack_watch.force()  # a yt-dlp upgraded on disk is taken up now, too
         before = sup.state
         sup.state = "reloading"
         try:
@@ -218,6 +228,44 @@ class Daemon:
         if new.scan.directories != old.scan.directories:
             self._start_scan(new)
         return {"ok": True, "generation": self.info.generation, "restart_required": restart}
+
+    async def _probe_stack(self) -> None:
+        """What a child started now would run (a subprocess: the daemon never loads yt-dlp)."""
+        loop = asyncio.get_running_loop()
+        done: asyncio.Future[Any] = loop.create_future()
+        params = self.cfg.download.ytdlp_params(None)
+
+        def work() -> None:  # a daemon thread, not an executor: it must not hold up the daemon's exit
+            result = stack_mod.probe_in_subprocess(params)
+            try:
+                loop.call_soon_threadsafe(_settle, done, result, None)
+            except RuntimeError:
+                pass  # the loop is gone: the daemon has exited
+
+        threading.Thread(target=work, name="stack-probe", daemon=True).start()
+        found = await done
+        self.stack = found
+        trouble = stack_mod.troubles(found)
+        (log.warning if trouble else log.info)("yt-dlp stack: %s%s", stack_mod.summary(found),
+                                               f" ({'; '.join(trouble)}; see videofetchd --check)" if trouble else "")
+
+    async def _renew(self, found: dict[str, str]) -> None:
+        """A new yt-dlp is installed: a new forkserver loads it; idle children are recycled."""
+        self._renewing = True
+        try:
+            before = self.stack.get("installed") or {}
+            log.info("yt-dlp stack changed on disk (%s): starting a new forkserver; children are recycled as "
+                     "they go idle, running jobs finish first", ", ".join(
+                         f"{k} {before.get(k) or '-'} -> {v or '-'}" for k, v in found.items() if before.get(k) != v))
+            loop = asyncio.get_running_loop()
+            await loop.run_in_executor(None, renew_forkserver, self.cfg.download)
+            if self.sup is not None:
+                self.sup.wake()
+            await self._probe_stack()
+        except Exception:  # noqa: BLE001 - the old children go on working
+            log.exception("could not start a forkserver for the new yt-dlp; the old one goes on")
+        finally:
+            self._renewing = False
 
     def _start_scan(self, cfg: Config) -> None:
         """Scan ``scan.directories`` in the background (start-up, and reloads that change them)."""
@@ -330,7 +378,7 @@ class Daemon:
 
     async def _cmd_status(self, _req: dict[str, Any]) -> dict[str, Any]:
         assert self.sup is not None
-        return snapshot(self.sup, self.info, self.scan_status)
+        return snapshot(self.sup, self.info, self.scan_status, self.stack)
 
     async def _cmd_ping(self, _req: dict[str, Any]) -> dict[str, Any]:
         return {"ok": True, "pid": os.getpid()}

@@ -20,6 +20,8 @@ download:
   workers: 2
   # downloads never reach loopback or your LAN unless listed here, e.g. ["192.168.1.20/32"]
   allow_addresses: []
+  # yt-dlp's cache (player code, JavaScript challenge results), shared by the workers
+  cache_dir: {root}/cache
 scan:
   directories: []
 control:

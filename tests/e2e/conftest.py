@@ -75,7 +75,7 @@ def wheels(workdir: Path, source_copy: Path) -> Path:
     out = workdir / "wheels"
     t0 = time.monotonic()
     subprocess.run([sys.executable, "-m", "pip", "wheel", "-q", "--disable-pip-version-check",
-                    "--wheel-dir", str(out), f"{source_copy}[postgres]", "setuptools>=61", "wheel"],
+                    "--wheel-dir", str(out), f"{source_copy}[sites,postgres]", "setuptools>=61", "wheel"],
                    check=True, cwd=workdir)
     nspawn.log(f"wheels built in {time.monotonic() - t0:.1f}s")
     return out

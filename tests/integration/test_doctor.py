@@ -23,7 +23,8 @@ from hostfs import immutable, tmpfs
 from vfd import running
 
 TEMPLATE = "http://127.0.0.1:9/v/{id}.mp4"
-NAMES = ["config", "database", "download_directory", "free_space", "control_socket", "identities"]
+NAMES = ["config", "database", "download_directory", "free_space", "control_socket", "identities",
+         "cache_dir", "ytdlp", "ytdlp_ejs", "js_runtime", "ffmpeg", "ffprobe"]
 
 
 def doctor(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
@@ -51,6 +52,12 @@ def test_a_good_set_up_is_all_ok(tmp_path: Path) -> None:
     assert code == 0 and list(found) == NAMES, found
     assert all(c["status"] == "ok" for c in found.values()), found
     assert "does not exist yet; it is created at start" in found["database"]["detail"]
+    # the yt-dlp stack of the test venv (the sites extra) and the distribution's ffmpeg
+    venv_bin = os.path.dirname(vfd.PY)
+    assert found["js_runtime"]["detail"].startswith("deno ") and f"({venv_bin}/deno)" in found["js_runtime"]["detail"]
+    assert "runs yt-dlp's challenge solver scripts" in found["js_runtime"]["detail"]
+    assert "the version yt-dlp" in found["ytdlp_ejs"]["detail"] and "days old" in found["ytdlp"]["detail"]
+    assert "/ffmpeg)" in found["ffmpeg"]["detail"] and "/ffprobe)" in found["ffprobe"]["detail"]
     # nothing was created by looking
     assert not (tmp_path / "queue.db").exists() and not (tmp_path / "videos").exists()
     human = doctor("--config", str(cfg))
@@ -64,7 +71,7 @@ def test_a_good_set_up_is_all_ok(tmp_path: Path) -> None:
         assert f"videofetchd pid {d.pid} already answers" in found["control_socket"]["detail"]
         assert d.stop() == 0
     assert ("start-up checks: config ok, database ok, download_directory ok, free_space ok, control_socket ok, "
-            "identities ok") in d.log_path.read_text()
+            "identities ok, cache_dir ok") in d.log_path.read_text()
 
 
 def test_no_config_at_all_says_how_to_name_one(tmp_path: Path) -> None:
@@ -174,3 +181,36 @@ def test_a_daemon_that_holds_the_lock_but_does_not_answer_is_an_error(tmp_path: 
         assert f"pid {d.proc.pid}" in found["control_socket"]["detail"], found
     code, found = checks(cfg)  # the daemon stopped: the lock is free again
     assert found["control_socket"]["status"] == "ok", found
+
+
+def test_without_ffmpeg_on_path_merges_are_warned_about(tmp_path: Path) -> None:
+    empty = tmp_path / "bin"
+    empty.mkdir()
+    r = doctor("--config", str(config(tmp_path, download={"min_free_space": "1MiB"})), "--json",
+               env={"PATH": str(empty)})
+    found = {c["name"]: c for c in json.loads(r.stdout)["checks"]}
+    for name in ("ffmpeg", "ffprobe"):
+        assert found[name]["status"] == "warning", found[name]
+        assert "merging separate video and audio (best quality) and audio extraction will fail" in found[name]["detail"]
+    # deno is found next to the venv's Python, not on PATH, and still runs JavaScript
+    assert found["js_runtime"]["status"] == "ok", found["js_runtime"]
+    assert r.returncode == 0  # warnings only
+
+
+def test_a_venv_without_deno_is_an_error(tmp_path: Path) -> None:
+    """A venv of its own (no deno in its bin/) that borrows the test venv's packages; PATH has none."""
+    import sysconfig
+    venv = tmp_path / "venv"
+    subprocess.run([vfd.PY, "-m", "venv", "--without-pip", str(venv)], check=True)
+    site = next((venv / "lib").glob("python3*/site-packages"))
+    (site / "zz-test-venv.pth").write_text(f"import site; site.addsitedir({sysconfig.get_paths()['purelib']!r})\n")
+    assert not (venv / "bin" / "deno").exists()
+    cfg = config(tmp_path, download={"min_free_space": "1MiB"})
+    r = subprocess.run([str(venv / "bin" / "python"), "-m", "videofetchd", "--check", "--json", "--config", str(cfg)],
+                       capture_output=True, text=True, timeout=120,
+                       env={"PATH": "/usr/bin:/bin", "HOME": str(tmp_path)})
+    found = {c["name"]: c for c in json.loads(r.stdout)["checks"]}
+    assert r.returncode == 1
+    assert found["js_runtime"]["status"] == "error", found["js_runtime"]
+    assert "no usable JavaScript runtime (enabled in download.ytdlp.js_runtimes: deno)" in found["js_runtime"]["detail"]
+    assert found["ytdlp"]["status"] == "ok" and found["ffmpeg"]["status"] == "ok"

@@ -237,7 +237,11 @@ def test_a_truncated_download_is_never_done_short(server: MediaServer, tmp_path:
     (row,) = vfd.rows(tmp_path / "queue.db")
     final = final_path(tmp_path / "videos", video_id)
     gets = [q for q in server.requests() if q.video_id == video_id and q.method == "GET"]
-    assert any(q.range_start for q in gets), "a cut download was not resumed"
+    if expect == "done":
+        # with yt-dlp[default] (the sites extra) yt-dlp reads through urllib3, which loses what it had
+        # buffered when the connection is cut: 1000-byte pieces never reach the .part, so there is
+        # nothing to resume from; the row must still end failed, never done short
+        assert any(q.range_start for q in gets), "a cut download was not resumed"
     assert row["status"] == expect, (row, r.stdout)
     if expect == "done":
         assert r.returncode == 0

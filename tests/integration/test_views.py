@@ -33,7 +33,8 @@ WORKER = [
 ]
 STATUS = [
     r"videofetchd \S+ pid \d+ on \S+: (?:starting|running|paused|reloading|stopping), up \S+",
-    r"config: .*", r"database: .*", r"HOST CONDITION .*", r"note: .*", r"queue: .*", r"counters: .*",
+    r"config: .*", r"database: .*", r"stack: .*", r"workers run yt-dlp .*",
+    r"HOST CONDITION .*", r"note: .*", r"queue: .*", r"counters: .*",
     r"workers \(\d+\):",
     r"  (?:[a-z_]+ \d+|downloaded [\d.]+ [KMGT]?i?B)(?:, (?:[a-z_]+ \d+|downloaded [\d.]+ [KMGT]?i?B))*,?",
     *WORKER,

@@ -72,7 +72,8 @@ def test_fetcher_keeps_its_documented_defaults(no_default_config: None, monkeypa
     monkeypatch.delenv("VIDEOFETCHD_CONFIG", raising=False)
     fetcher = Fetcher()
     assert fetcher.config.database == config_mod.DatabaseConfig()
-    assert fetcher.config.download == config_mod.DownloadConfig()
+    # the defaults, with download.cache_dir decided as for any config (next to the default database)
+    assert fetcher.config.download == config_mod.Config().download
 
 
 # -- the README's API example as a script ---------------------------------------------------------------

@@ -110,7 +110,7 @@ def test_missing_file(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="no such file"):
         config.load(tmp_path / "absent.yaml")
     cfg = config.load(tmp_path / "absent.yaml", missing_ok=True)
-    assert cfg.download == config.DownloadConfig()
+    assert cfg.download == config.Config().download  # the defaults, cache_dir decided as always
 
 
 # -- units --------------------------------------------------------------------------------------

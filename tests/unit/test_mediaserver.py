@@ -12,6 +12,7 @@ import gc
 import hashlib
 import http.client
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -311,26 +312,32 @@ def test_ytdlp_dropped_connection(server: MediaServer, tmp_path: Path) -> None:
     # downloader sees fewer bytes than Content-Length (ContentTooShortError), extract_info raises
     # DownloadError("ERROR: \r[download] Got error: Downloaded 25600 bytes, expected 51200 bytes")
     # with exc_info (None, None, None), and leaves <id>.mp4.part holding the 25600 bytes received.
+    # With yt-dlp[default] (the sites extra) yt-dlp reads through requests/urllib3, whose wording is
+    # "25600 bytes read, 25600 more expected", and the .part keeps only what reached the file
+    # before urllib3 raised (whole 5 KiB blocks, 15360 bytes here); the resume starts there.
     # A second extract_info call (continuedl defaults to True) probes again, then resumes with
     # "Range: bytes=25600-" (206) and completes: 4 GETs in all.
     with pytest.raises(yt_dlp.utils.DownloadError) as info:
         ydl_download(server, "drop-a", tmp_path)
-    assert str(info.value) == "ERROR: \r[download] Got error: Downloaded 25600 bytes, expected 51200 bytes"
+    assert str(info.value) in ("ERROR: \r[download] Got error: Downloaded 25600 bytes, expected 51200 bytes",
+                               "ERROR: \r[download] Got error: 25600 bytes read, 25600 more expected")
     assert info.value.exc_info == (None, None, None)
-    assert (tmp_path / "drop-a.mp4.part").stat().st_size == SIZE // 2
+    kept = (tmp_path / "drop-a.mp4.part").stat().st_size
+    assert 0 < kept <= SIZE // 2
     assert server.body_requests("drop-a") == 2  # probe, dropped download
     ydl_download(server, "drop-a", tmp_path)
     assert sha256_file(tmp_path / "drop-a.mp4") == server.sha256("drop-a")
     assert os.listdir(tmp_path) == ["drop-a.mp4"]
     assert [(r.range_start, r.status, r.outcome) for r in final_records(server, "drop-a", 4)] == [
         (None, 200, "client-gone"), (None, 200, "dropped"), (None, 200, "complete"),
-        (SIZE // 2, 206, "complete")]
+        (kept, 206, "complete")]
 
     # With retries > 0 the same extract_info call resumes from the .part with a Range request
     # (3 GETs: probe, dropped download, "Range: bytes=25600-").
     ydl_download(server, "drop-b", tmp_path, retries=3)
     assert sha256_file(tmp_path / "drop-b.mp4") == server.sha256("drop-b")
-    assert [r.range_start for r in records(server, "drop-b")] == [None, None, SIZE // 2]
+    starts = [r.range_start for r in records(server, "drop-b")]
+    assert starts[:2] == [None, None] and len(starts) == 3 and 0 < (starts[2] or 0) <= SIZE // 2, starts
 
 
 @contextlib.contextmanager
@@ -370,7 +377,9 @@ def test_ytdlp_stalled_connection(server: MediaServer, tmp_path: Path) -> None:
         assert 0.9 < time.monotonic() - start < 5
         assert server.stalled_count == 1  # the client socket is still open...
     wait_until(lambda: server.stalled_count == 0)  # ...until collected
-    assert message == "ERROR: \r[download] Got error: timed out"
+    # urllib's wording, or (yt-dlp[default]: requests/urllib3) "HTTPConnectionPool(...): Read timed out."
+    assert re.fullmatch(r"ERROR: \r\[download\] Got error: (timed out|HTTPConnectionPool\(.*\): Read timed out\.)",
+                        message), message
     assert exc_info == (None, None, None)
     partial = (tmp_path / "stall-a.mp4.part").stat().st_size
     assert 0 < partial <= SIZE // 2
@@ -401,5 +410,8 @@ def test_ytdlp_http_errors(server: MediaServer, tmp_path: Path, status: int, rea
     exc_type, exc, _ = info.value.exc_info
     assert exc_type is yt_dlp.networking.exceptions.HTTPError
     assert isinstance(exc, yt_dlp.networking.exceptions.HTTPError) and exc.status == status
+    # the error holds the response; through requests/urllib3 (yt-dlp[default]) its socket stays open
+    # until closed, and a garbage collection in some later test would report it unclosed
+    exc.response.close()
     assert server.body_requests(video_id) == 1
     assert os.listdir(tmp_path) == []

@@ -188,6 +188,31 @@ def _counter_items(c: dict[str, Any]) -> list[str]:
     return [f"downloaded {human_bytes(v)}" if k == "downloaded_bytes" else f"{k} {v}" for k, v in c.items()]
 
 
+def format_stack(stack: dict[str, Any] | None, workers: list[dict[str, Any]]) -> list[str]:
+    """"stack: yt-dlp 2026.10.26 (36 days), ejs 0.8.0, deno 2.9.8, ffmpeg 5.1.6", plus a line while
+    the workers still run a yt-dlp other than the one installed (recycled as they go idle)."""
+    if not stack:
+        return []
+    if stack.get("ytdlp") is None:
+        return [f"stack: {printable(stack.get('error') or 'not probed yet')}"]
+    age = stack.get("ytdlp_age_days")
+    runtime = stack.get("js_runtime")
+    parts = [f"yt-dlp {stack['ytdlp']}" + (f" ({age} days)" if age is not None else ""),
+             f"ejs {stack.get('ejs') or 'MISSING'}" + ("" if stack.get("ejs") == stack.get("ejs_expected")
+                                                       else f" (yt-dlp expects {stack.get('ejs_expected')})"),
+             f"{runtime} {stack.get('js_runtime_version')}" if runtime else "NO JS RUNTIME",
+             f"ffmpeg {stack['ffmpeg']}" if stack.get("ffmpeg") else "NO FFMPEG"]
+    lines = ["stack: " + ", ".join(printable(p) for p in parts)]
+    running: dict[str, int] = {}
+    for x in workers:
+        if x.get("ytdlp"):
+            running[x["ytdlp"]] = running.get(x["ytdlp"], 0) + 1
+    if set(running) - {stack["ytdlp"]}:
+        lines.append("workers run yt-dlp " + ", ".join(f"{printable(v)} ({n})" for v, n in sorted(running.items()))
+                     + ": recycled to the installed one as they go idle")
+    return lines
+
+
 def format_status(st: dict[str, Any], width: int | None = None, height: int | None = None) -> str:
     """The text of ``videofetchctl status``; with ``width``/``height``, it fits a terminal that size."""
     w = width
@@ -204,6 +229,7 @@ def format_status(st: dict[str, Any], width: int | None = None, height: int | No
     db = st.get("database") or {}
     if db.get("url"):
         lines.append(fit(f"database: {printable(db['url'])}", w))
+    lines.extend(fit(x, w) for x in format_stack(st.get("stack"), st.get("workers") or []))
     if db and not db.get("ok", True):
         lines.append(fit(f"database UNAVAILABLE: {printable(db.get('error'))} "
                          f"({db.get('pending_results', 0)} results held)", w))

@@ -17,7 +17,8 @@ import os
 import pwd
 import tempfile
 from collections.abc import Callable
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
+from typing import Any
 
 from .. import config as config_mod
 from ..config import Config
@@ -43,6 +44,7 @@ class Context:
     path: str  #: the config file checked
     cfg: Config | None  #: None when it could not be loaded
     error: str | None  #: why it could not
+    found: dict[str, Any] = field(default_factory=dict)  #: the yt-dlp stack, probed once for its checks
 
 
 def _user() -> str:
@@ -167,6 +169,97 @@ def check_identities(ctx: Context) -> Check:
                  if idents else "none configured (one implicit identity: the default route)")
 
 
+# -- the yt-dlp stack (workers/stack.py asks yt-dlp itself) -------------------------------------------
+
+def _stack(ctx: Context) -> dict[str, Any]:
+    """The stack as the workers would meet it (probed once; the runtime evaluates JavaScript)."""
+    assert ctx.cfg is not None
+    if not ctx.found:
+        from ..workers import stack
+        ctx.found.update(stack.probe(ctx.cfg.download.ytdlp_params(None)))
+    return ctx.found
+
+
+def check_ytdlp(ctx: Context) -> Check:
+    assert ctx.cfg is not None
+    found, limit = _stack(ctx), ctx.cfg.download.ytdlp_max_age_days
+    if "ytdlp" not in found:
+        return Check("ytdlp", ERROR, str(found.get("error")))
+    age = found.get("ytdlp_age_days")
+    detail = f"{found['ytdlp']}" + (f", {age} days old" if age is not None else "") + f" ({found['python']})"
+    if "error" in found:
+        return Check("ytdlp", ERROR, f"{detail}: {found['error']}")
+    if limit and age is not None and age > limit:
+        return Check("ytdlp", WARNING, f"{detail}: older than download.ytdlp_max_age_days ({limit}); sites "
+                                       "change and an old yt-dlp stops working: make upgrade-ytdlp")
+    return Check("ytdlp", OK, detail)
+
+
+def check_ytdlp_ejs(ctx: Context) -> Check:
+    found = _stack(ctx)
+    if "ejs_expected" not in found:
+        return Check("ytdlp_ejs", WARNING, "not checked: yt-dlp is unusable")
+    have, want = found.get("ejs") or "", found["ejs_expected"]
+    if not want:
+        return Check("ytdlp_ejs", WARNING, f"yt-dlp {found['ytdlp']} predates the challenge solver scripts: "
+                                           "YouTube fails; make upgrade-ytdlp")
+    fix = "install yt-dlp and yt-dlp-ejs together (pip install 'videofetchd[sites]', or make upgrade-ytdlp)"
+    if not have:
+        return Check("ytdlp_ejs", ERROR, f"yt-dlp-ejs is not installed (yt-dlp {found['ytdlp']} expects {want}): "
+                                         f"YouTube's JavaScript challenges cannot be solved; {fix}")
+    if have.split(".")[:2] != want.split(".")[:2]:
+        return Check("ytdlp_ejs", ERROR, f"{have} installed, yt-dlp {found['ytdlp']} expects {want} and ignores "
+                                         f"this one: YouTube's JavaScript challenges cannot be solved; {fix}")
+    if have != want:
+        return Check("ytdlp_ejs", WARNING, f"{have} installed, yt-dlp {found['ytdlp']} pins {want}; {fix}")
+    return Check("ytdlp_ejs", OK, f"{have}, the version yt-dlp {found['ytdlp']} expects")
+
+
+def check_js_runtime(ctx: Context) -> Check:
+    rt = _stack(ctx).get("js_runtime")
+    if not isinstance(rt, dict):
+        return Check("js_runtime", ERROR, "not checked: yt-dlp is unusable")
+    enabled = ", ".join(rt.get("enabled") or []) or "none"
+    if "name" not in rt:
+        return Check("js_runtime", ERROR, f"{rt.get('error')} (enabled in download.ytdlp.js_runtimes: {enabled}): "
+                                          "YouTube fails; install deno next to videofetchd (pip install "
+                                          "'videofetchd[sites]') or on PATH")
+    what = f"{rt['name']} {rt['version']} ({rt['path']})"
+    if not rt.get("evaluated"):
+        return Check("js_runtime", ERROR, f"{what} found, but it cannot run yt-dlp's challenge solver: "
+                                          f"{rt.get('eval_error')}")
+    return Check("js_runtime", OK, f"{what} runs yt-dlp's challenge solver scripts")
+
+
+def _program(ctx: Context, name: str) -> Check:
+    found = _stack(ctx)
+    if "js_runtime" not in found:
+        return Check(name, WARNING, "not checked: yt-dlp is unusable")
+    if not found.get(name):
+        return Check(name, WARNING, f"{name} not found (PATH or download.ytdlp.ffmpeg_location): merging separate "
+                                    "video and audio (best quality) and audio extraction will fail; apt install ffmpeg")
+    return Check(name, OK, f"{found[name]} ({found[name + '_path']})")
+
+
+def check_ffmpeg(ctx: Context) -> Check:
+    return _program(ctx, "ffmpeg")
+
+
+def check_ffprobe(ctx: Context) -> Check:
+    return _program(ctx, "ffprobe")
+
+
+def check_cache_dir(ctx: Context) -> Check:
+    assert ctx.cfg is not None
+    path = ctx.cfg.download.cache_dir
+    fault = probe_directory(path, create=False)
+    if fault is not None:
+        return Check("cache_dir", WARNING, f"{fault.detail} (checked as {_user()}): yt-dlp then works uncached, "
+                                           "fetching player code again for every job")
+    state = "writable" if os.path.isdir(path) else "does not exist; it can be created"
+    return Check("cache_dir", OK, f"{path} {state} (checked as {_user()})")
+
+
 CheckFn = Callable[[Context], Check]
 #: (name, function, run by the daemon at start); printed in this order
 CHECKS: list[tuple[str, CheckFn, bool]] = [
@@ -176,6 +269,12 @@ CHECKS: list[tuple[str, CheckFn, bool]] = [
     ("free_space", check_free_space, True),
     ("control_socket", check_control_socket, True),
     ("identities", check_identities, True),
+    ("cache_dir", check_cache_dir, True),
+    ("ytdlp", check_ytdlp, False),  # the stack loads yt-dlp: not in the daemon (it logs its own line)
+    ("ytdlp_ejs", check_ytdlp_ejs, False),
+    ("js_runtime", check_js_runtime, False),
+    ("ffmpeg", check_ffmpeg, False),
+    ("ffprobe", check_ffprobe, False),
 ]
 
 

@@ -66,8 +66,19 @@ class ScanStatus:
                 "last_result": self.last_result, "last_ok": self.last_ok, "last_finished": self.last_finished or None}
 
 
-def snapshot(sup: Supervisor, info: ConfigInfo, scan: ScanStatus | None = None) -> dict[str, Any]:
-    """The status reply: daemon state, per-worker progress, queue counts, counters."""
+def _child_ytdlp(slot: Any) -> str | None:
+    """The yt-dlp version the slot's child reported when it warmed up (``child.warm``)."""
+    warm = slot.warm_future
+    if warm is None or not warm.done() or warm.cancelled() or warm.exception() is not None:
+        return None
+    result = warm.result()
+    return result.get("ytdlp") if isinstance(result, dict) else None
+
+
+def snapshot(sup: Supervisor, info: ConfigInfo, scan: ScanStatus | None = None,
+             stack: dict[str, Any] | None = None) -> dict[str, Any]:
+    """The status reply: daemon state, per-worker progress, queue counts, counters, and the yt-dlp
+    stack (installed, as probed; and the yt-dlp version each child runs)."""
     now = time.monotonic()
     workers = []
     for slot in sorted(sup.slots, key=lambda s: s.index):
@@ -88,6 +99,7 @@ def snapshot(sup: Supervisor, info: ConfigInfo, scan: ScanStatus | None = None) 
                      speed_bps=None, eta_s=None, last_progress_age_s=None, stalled_s=None, running_s=None)
         if slot.retiring:
             w["retiring"] = True
+        w["ytdlp"] = _child_ytdlp(slot)
         workers.append(w)
     notes = []
     for site, until in sorted(sup.site_pauses.items()):
@@ -116,7 +128,19 @@ def snapshot(sup: Supervisor, info: ConfigInfo, scan: ScanStatus | None = None) 
         "identities": sup.egress.status(sup.cfg.download, now),
         "scan": scan.to_dict(now) if scan is not None else None,
         "notes": notes,
+        "stack": _stack(stack, workers),
     }
+
+
+def _stack(found: dict[str, Any] | None, workers: list[dict[str, Any]]) -> dict[str, Any] | None:
+    if found is None:
+        return None
+    runtime = found.get("js_runtime") or {}
+    return {"ytdlp": found.get("ytdlp"), "ytdlp_age_days": found.get("ytdlp_age_days"), "ejs": found.get("ejs"),
+            "ejs_expected": found.get("ejs_expected"), "js_runtime": runtime.get("name"),
+            "js_runtime_version": runtime.get("version"), "ffmpeg": found.get("ffmpeg") or None,
+            "ffprobe": found.get("ffprobe") or None, "error": found.get("error") or runtime.get("error"),
+            "children_ytdlp": sorted({w["ytdlp"] for w in workers if w.get("ytdlp")})}
 
 
 def peer_may_control(peer: Peer | None, socket_path: str, mode: int) -> bool:

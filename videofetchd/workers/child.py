@@ -199,11 +199,12 @@ class _NoReporter:
         pass
 
 
-def warm(cfg: DownloadConfig, generation: int) -> int:
+def warm(cfg: DownloadConfig, generation: int) -> dict[str, Any]:
     """Build the YoutubeDL of this generation (first identity; the others on first use) before the
-    first job arrives; returns the pid."""
+    first job arrives; returns the pid and the yt-dlp version the child runs (for status)."""
+    from .stack import loaded_version
     _downloader_for(cfg, generation, cfg.identities[0].name if cfg.identities else None)
-    return os.getpid()
+    return {"pid": os.getpid(), "ytdlp": loaded_version()}
 
 
 def run_job(job: Job, cfg: DownloadConfig, generation: int) -> Outcome:

@@ -82,7 +82,7 @@ class Downloader:
             "retries": 3,
             "fragment_retries": 3,
             "continuedl": True,
-            "cachedir": False,
+            "cachedir": cfg.cache_dir or False,  # shared by every child: player code, solver results
             "no_color": True,
         }
         params.update({k: v for k, v in cfg.ytdlp_params(identity).items() if k not in RESERVED_PARAMS})

@@ -24,6 +24,7 @@ from .health import Health
 from .recorder import Counters
 from .slots import Slot, signal_group
 from .stuck import Unkillable
+from .upgrade import recycle_stale
 
 log = logging.getLogger("videofetchd.supervisor")
 WARM_HUNG_MIN_S = 10.0  #: a warm-up that takes longer than this (and stall_timeout) has hung
@@ -203,6 +204,7 @@ class Pool:
             slot.stop_child()
             log.info("slot %d retired after reload", slot.index)
             self.slots.remove(slot)
+        recycle_stale(self, cfg, generation, now)  # children of a forkserver from before a yt-dlp upgrade
         if self._warmed:
             self._warmed = False
             self.breaker.started()
