@@ -83,11 +83,10 @@ def run(args: argparse.Namespace) -> list[Table]:
                 cfg = write_config(wd.sub(tag, "cfg.yaml"), db=wd.sub(tag, "q.db"), directory=out,
                                    url_template=server.url_template, socket_path=wd.sub(tag, "ctl.sock"),
                                    workers=workers)
-                # a fresh cache: the cold start (the extractor of url_template not yet known)
-                env = {**os.environ, "XDG_CACHE_HOME": wd.fresh(tag, "cache")}
-                a = run_measured(vfd_cmd("add", "--file", ids_file, "--config", cfg), timeout=120, env=env)
-                m = run_measured(vfd_cmd("fetch", "--num-workers", str(workers), "--config", cfg), timeout=600,
-                                 env=env)
+                # a fresh cache (download.cache_dir: "cache" next to the database): the cold start,
+                # the extractor of url_template not yet known
+                a = run_measured(vfd_cmd("add", "--file", ids_file, "--config", cfg), timeout=120)
+                m = run_measured(vfd_cmd("fetch", "--num-workers", str(workers), "--config", cfg), timeout=600)
                 runs.setdefault(f"add{workers}", []).append(
                     {"wall": a.wall_s, "cpu": a.cpu_s, "rss": a.peak_tree_rss, "ok": None, "rc": a.returncode,
                      "bg": a.bg_cores})
@@ -101,13 +100,13 @@ def run(args: argparse.Namespace) -> list[Table]:
             tag = f"vfd{workers}warm-{rep}"
             out = wd.fresh(tag, "out")
             cfg = write_config(wd.sub(tag, "cfg.yaml"), db=wd.sub(tag, "q.db"), directory=out,
-                               url_template=server.url_template, socket_path=wd.sub(tag, "ctl.sock"), workers=workers)
-            env = {**os.environ, "XDG_CACHE_HOME": warm_cache}
-            run_measured(vfd_cmd("add", "--file", ids_file, "--config", cfg), timeout=120, env=env)
-            m = run_measured(vfd_cmd("fetch", "--num-workers", str(workers), "--config", cfg), timeout=600, env=env)
+                               url_template=server.url_template, socket_path=wd.sub(tag, "ctl.sock"), workers=workers,
+                               extra_download={"cache_dir": warm_cache})
+            run_measured(vfd_cmd("add", "--file", ids_file, "--config", cfg), timeout=120)
+            m = run_measured(vfd_cmd("fetch", "--num-workers", str(workers), "--config", cfg), timeout=600)
             measure(f"vfd{workers}warm", m, out, n, ids)
             if rep == 0:
-                cmds.append(m.cmd + "  (XDG_CACHE_HOME kept between runs)")
+                cmds.append(m.cmd + "  (download.cache_dir kept between runs)")
             out = wd.fresh(f"ytdlp-a-{rep}")
             cmd = [YTDLP, "-a", urls_file, "-o", os.path.join(out, "%(id)s.%(ext)s"), "--no-progress", "-q"]
             m = run_measured(cmd, timeout=900)
@@ -177,10 +176,10 @@ def run(args: argparse.Namespace) -> list[Table]:
 def _prime(cache: str, wd: Workdir, url_template: str) -> None:
     """Let one tiny fetch fill ``cache`` (the extractor of url_template), as an earlier run would."""
     cfg = write_config(wd.sub("prime", "cfg.yaml"), db=wd.sub("prime", "q.db"), directory=wd.fresh("prime", "out"),
-                       url_template=url_template, socket_path=wd.sub("prime", "ctl.sock"), workers=1)
-    env = {**os.environ, "XDG_CACHE_HOME": cache}
-    run_measured(vfd_cmd("add", "prime-0", "--config", cfg), timeout=120, env=env)
-    run_measured(vfd_cmd("fetch", "--config", cfg), timeout=120, env=env)
+                       url_template=url_template, socket_path=wd.sub("prime", "ctl.sock"), workers=1,
+                       extra_download={"cache_dir": cache})
+    run_measured(vfd_cmd("add", "prime-0", "--config", cfg), timeout=120)
+    run_measured(vfd_cmd("fetch", "--config", cfg), timeout=120)
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:

@@ -2,7 +2,7 @@
 YoutubeDL, and the cache of which extractor takes the url_template's URLs.
 
 All through the real ``videofetchctl fetch`` against the real media server; the cache lives in
-``$XDG_CACHE_HOME/videofetchd`` (a temporary directory here)."""
+``download.cache_dir`` (by default ``cache`` next to the SQLite database: under tmp_path here)."""
 
 from __future__ import annotations
 
@@ -50,7 +50,7 @@ def _fetch_watching_children(cfg: Path, workers: int,
 
 
 def _env(tmp_path: Path) -> dict[str, str]:
-    return {**os.environ, "XDG_CACHE_HOME": str(tmp_path / "cache"), "CACHE_DIRECTORY": ""}
+    return {k: v for k, v in os.environ.items() if k != "CACHE_DIRECTORY"}
 
 
 def test_a_one_shot_run_starts_only_the_children_its_rows_need(tmp_path: Path) -> None:
@@ -66,7 +66,7 @@ def test_a_one_shot_run_starts_only_the_children_its_rows_need(tmp_path: Path) -
 
 def test_the_extractor_cache_is_written_and_a_wrong_one_costs_no_job(tmp_path: Path) -> None:
     env = _env(tmp_path)
-    cache = tmp_path / "cache" / "videofetchd" / "extractors.json"
+    cache = tmp_path / "cache" / "extractors.json"  # download.cache_dir's default: next to queue.db
     with MediaServer(default_size=50 * KiB) as srv:
         cfg = vfd.write_config(tmp_path, url_template=srv.url_template, download={"workers": 2})
         assert vfd.ctl(cfg, "add", "c-1", "c-2").returncode == 0

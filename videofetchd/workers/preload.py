@@ -31,12 +31,11 @@ def _config() -> DownloadConfig | None:
     return cfg if isinstance(cfg, DownloadConfig) else None
 
 
-def _cache_dir() -> str:
-    """systemd's CacheDirectory=, else the user's cache directory."""
-    base = os.environ.get("CACHE_DIRECTORY", "").split(":")[0]
-    if base:
-        return base
-    return os.path.join(os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache"), "videofetchd")
+def _cache_dir(cfg: DownloadConfig | None) -> str | None:
+    """``download.cache_dir`` (yt-dlp's cache too), else systemd's CacheDirectory=."""
+    if cfg is not None and cfg.cache_dir:
+        return cfg.cache_dir
+    return os.environ.get("CACHE_DIRECTORY", "").split(":")[0] or None
 
 
 # The forkserver exits when the parent's "alive" pipe closes, and the parent waits for it
@@ -48,7 +47,7 @@ atexit.register(os._exit, 0)
 _cfg = _config()
 _location = _cfg.ytdlp.get("ffmpeg_location") if _cfg is not None else None
 _prober = warmup.probe_ffmpeg(_location if isinstance(_location, str) else None)
-_key = warmup.warm_imports(_cfg.url_template if _cfg is not None else None, _cache_dir())
+_key = warmup.warm_imports(_cfg.url_template if _cfg is not None else None, _cache_dir(_cfg))
 _prober.join(timeout=10.0)
 if _cfg is not None:
     try:
