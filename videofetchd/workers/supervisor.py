@@ -18,6 +18,7 @@ import functools
 import logging
 import os
 import time
+from concurrent.futures.process import BrokenProcessPool
 from typing import Any
 
 from ..config import Config, DownloadConfig
@@ -221,6 +222,9 @@ class Supervisor:
                 else:
                     self.pool.after_job(slot, self.cfg.download, self.generation)
             else:
+                cause = slot.exit_cause()  # before child_died, which drops the executor that knows it
+                if cause is not None:
+                    exc = BrokenProcessPool(cause)
                 self.pool.child_died(slot, pid)
             if job.row_id in self._lost:
                 self._lost.discard(job.row_id)
