@@ -124,7 +124,8 @@ class ShapeServer:
     def __init__(self, root: Path, host: str = "127.0.0.1") -> None:
         self.root = root.resolve()
         self.host = host
-        self.alias: dict[str, Path] = {}
+        self.alias: dict[str, Path] = {}  # URL path -> file
+        self.mounts: dict[str, Path] = {}  # URL path prefix ("/hls/a1/") -> directory
         self.pages: set[str] = set()  # paths served as text/html whatever their name
         self.stalls: dict[str, int] = {}  # path -> requests still to stall
         self.requests: list[str] = []
@@ -163,6 +164,12 @@ class ShapeServer:
         self.pages.add("/" + path.lstrip("/"))
         return self.url(path)
 
+    def mount(self, prefix: str, directory: Path) -> str:
+        """Serve ``directory`` under the URL path ``prefix`` too; returns the prefix's URL."""
+        prefix = "/" + prefix.strip("/") + "/"
+        self.mounts[prefix] = directory.resolve()
+        return self.url(prefix)
+
     def stall(self, path: str, times: int = 1) -> None:
         """The next ``times`` requests of ``path`` get their headers and then no byte, until the
         connection is dropped or the server stops."""
@@ -176,8 +183,12 @@ class ShapeServer:
     def _file(self, path: str) -> Path | None:
         if path in self.alias:
             return self.alias[path]
-        target = (self.root / path.lstrip("/")).resolve()
-        if not str(target).startswith(str(self.root) + os.sep) or not target.is_file():
+        base, rest = self.root, path.lstrip("/")
+        for prefix, directory in self.mounts.items():
+            if path.startswith(prefix):
+                base, rest = directory, path[len(prefix):]
+        target = (base / rest).resolve()
+        if not str(target).startswith(str(base) + os.sep) or not target.is_file():
             return None
         return target
 
