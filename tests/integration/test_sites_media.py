@@ -266,3 +266,19 @@ def test_another_extractors_same_id_is_not_this_rows_video(tmp_path: Path) -> No
     assert out.read_text() == "youtube 123456789\n"
     with sqlite3.connect(tmp_path / "queue.db") as con:
         assert con.execute("SELECT count(*) FROM videos").fetchone()[0] == 1
+
+
+def test_a_row_that_fails_for_good_leaves_no_temporary_files(shapes: ShapeServer, tmp_path: Path) -> None:
+    base = shapes.mount("hls/e1", shapes.root / "hls")
+    shapes.stall("/hls/e1/hi/seg02.ts")
+    cfg = config(tmp_path, shapes, workers=1, stall_timeout="2s", max_attempts=1)
+    db = tmp_path / "queue.db"
+    with vfd.running(cfg):
+        add(cfg, base + "master.m3u8")
+        wait_until(lambda: any((tmp_path / "videos" / TMP_DIR).rglob("*.part*")), timeout=60,
+                   message="the download never wrote its .part")
+        row = wait_until(lambda: (r := vfd.rows(db)[0])["status"] == "failed" and r, timeout=60)
+        assert row["error_kind"] == "stalled"
+        wait_until(lambda: not (tmp_path / "videos" / TMP_DIR).exists(), timeout=10,
+                   message="the failed row's temporary directory is still there")
+    assert [p for p in (tmp_path / "videos").rglob("*") if p.is_file()] == []
