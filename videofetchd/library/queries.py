@@ -157,8 +157,12 @@ def _owners(store: Store, files: Sequence[DoneFile]) -> tuple[dict[str, str], di
     yt-dlp ID differs from their key. Both through partial indexes (few rows are in them)."""
     by_path: dict[str, str] = {}
     by_ytdlp: dict[str, list[tuple[str, str | None]]] = {}
-    paths = [f[1] for f in files if f[1]]
-    ytdlp_ids = sorted({f[5] for f in files if f[5]})
+    # a library that videofetchd never downloaded into has no row in either index: two probes
+    # of an empty index spare a rescan ~190 lookups of 1,000 parameters per 100,000 files
+    some = store.db.execute_sql("SELECT (SELECT 1 FROM videos WHERE found_by = 'download' AND file_path IS NOT NULL "
+                                "LIMIT 1), (SELECT 1 FROM videos WHERE ytdlp_id IS NOT NULL LIMIT 1)").fetchone()
+    paths = [f[1] for f in files if f[1]] if some[0] else []
+    ytdlp_ids = sorted({f[5] for f in files if f[5]}) if some[1] else []
     for start in range(0, len(paths), PAGE_ROWS):
         chunk = paths[start:start + PAGE_ROWS]
         cur = store.db.execute_sql("SELECT video_id, file_path FROM videos WHERE found_by = 'download' AND "
