@@ -220,11 +220,9 @@ class Downloader:
         finally:
             self.reporter.phase(PHASE_IDLE)
         if outcome.ok:  # a failed job's leftovers stay for its retry (or the recorder removes them)
+            # its own directory only: removing the shared parent too would race another slot's
+            # job creating its directory there (os.makedirs fails when the parent goes meanwhile)
             shutil.rmtree(self.temp_dir, ignore_errors=True)
-            try:
-                os.rmdir(os.path.dirname(self.temp_dir))  # the last job out tidies up
-            except OSError:
-                pass
         refused = netguard.take_refusals()
         if refused and not outcome.ok and "HTTP Error" not in (outcome.error or ""):
             # yt-dlp's wording of a failed connect varies by handler; say what happened instead

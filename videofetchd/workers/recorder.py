@@ -15,7 +15,6 @@ from __future__ import annotations
 import asyncio
 import bisect
 import collections
-import contextlib
 import dataclasses
 import logging
 import os
@@ -228,8 +227,6 @@ def remove_leftovers(files: Sequence[str], directory: str, video_id: str | None 
         except OSError as exc:
             log.warning("job %s: cannot remove its temporary directory %s: %s", video_id, printable(temp),
                         exc.strerror or exc)
-        with contextlib.suppress(OSError):
-            os.rmdir(os.path.dirname(temp))  # fails while another job has its directory there: fine
         files = [f for f in files if not f.startswith(temp + os.sep)]
     root = os.path.realpath(directory)
     wanted: dict[str, set[str]] = {}  # directory -> names to remove

@@ -222,8 +222,8 @@ class Supervisor:
                 else:
                     self.pool.after_job(slot, self.cfg.download, self.generation)
             else:
-                cause = slot.exit_cause()  # before child_died, which drops the executor that knows it
-                if cause is not None:
+                cause = None if reason else slot.exit_cause()  # before child_died drops the executor
+                if cause is not None:  # not a kill of ours: say how the child ended
                     exc = BrokenProcessPool(cause)
                 self.pool.child_died(slot, pid)
             if job.row_id in self._lost:
