@@ -282,3 +282,25 @@ def test_a_row_that_fails_for_good_leaves_no_temporary_files(shapes: ShapeServer
         wait_until(lambda: not any((tmp_path / "videos" / TMP_DIR).iterdir()), timeout=10,
                    message="the failed row's temporary directory is still there")
     assert [p for p in (tmp_path / "videos").rglob("*") if p.is_file()] == []
+
+
+def test_two_videos_that_yt_dlp_names_alike_never_share_a_file(shapes: ShapeServer, tmp_path: Path) -> None:
+    """Two HLS masters at ``.../{id}/master.m3u8`` are both ``master [master].mp4`` to yt-dlp:
+    the second is not recorded done on the first one's file, and says what to do about it;
+    with ``%(videofetchd_id)s`` in the output template both are fetched."""
+    urls = [shapes.mount(f"hls/{name}", shapes.root / "hls") + "master.m3u8" for name in ("f1", "f2")]
+    (tmp_path / "a").mkdir()
+    cfg = config(tmp_path / "a", shapes, workers=1)
+    add(cfg, *urls)
+    assert vfd.ctl(cfg, "fetch", timeout=240).returncode != 0  # one row failed for good
+    rows = sorted(vfd.rows(tmp_path / "a" / "queue.db"), key=lambda r: r["status"])
+    assert [r["status"] for r in rows] == ["done", "failed"], rows
+    assert rows[1]["error_kind"] == "permanent" and rows[0]["video_id"] in rows[1]["last_error"]
+    assert "%(videofetchd_id)s" in rows[1]["last_error"]
+    (tmp_path / "b").mkdir()
+    cfg = config(tmp_path / "b", shapes, workers=1, output_template="%(title)s [%(videofetchd_id)s].%(ext)s")
+    add(cfg, *urls)
+    fetch(cfg)
+    rows = vfd.rows(tmp_path / "b" / "queue.db")
+    assert {r["status"] for r in rows} == {"done"} and len({r["file_path"] for r in rows}) == 2
+    assert all(f"[{r['video_id']}]" in r["file_path"] for r in rows)

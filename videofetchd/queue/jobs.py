@@ -103,6 +103,8 @@ class Outcome:
     file_size: int | None = None
     extractor: str | None = None
     ytdlp_id: str | None = None  #: yt-dlp's own ID of the video downloaded (may differ from the queue's)
+    #: the final file was there before the job (yt-dlp downloaded nothing): maybe another row's video
+    reused: bool = False
     error: str | None = None
     kind: ErrorKind | None = None  #: None: not the row's fault; handed back without charging an attempt
     condition: str | None = None  #: the host condition (health name) that made the job fail, if any

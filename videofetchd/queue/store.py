@@ -280,6 +280,13 @@ class Store:
         return bool(rows) and rows[0][0] == "done" and rows[0][1] == file_path
 
     @db_errors
+    def download_owner(self, file_path: str, row_id: int) -> str | None:
+        """The video ID of another row whose download recorded ``file_path``, if any."""
+        rows = self.read("SELECT video_id FROM videos WHERE found_by = 'download' AND file_path = ? AND id <> ? "
+                         "AND status = 'done' LIMIT 1", [file_path, row_id])
+        return str(rows[0][0]) if rows else None
+
+    @db_errors
     def fail(self, row_id: int, token: str, *, error: str, kind: str) -> bool:
         """Fail a claimed row for good."""
         return self._settle(row_id, token,

@@ -304,7 +304,8 @@ class Downloader:
                            kind=ErrorKind.TRANSIENT)
         ytdlp_id = info.get("id")
         return Outcome(True, file_path=path, file_size=size, extractor=info.get("extractor_key"),
-                       ytdlp_id=ytdlp_id if isinstance(ytdlp_id, str) else None)
+                       ytdlp_id=ytdlp_id if isinstance(ytdlp_id, str) else None,
+                       reused=not self.finished and not self.postprocessed)
 
 
 def _entry_url(entry: Any, playlist_url: str) -> str | None:

@@ -127,6 +127,13 @@ class Recorder:
         if o.error:
             o = dataclasses.replace(o, error=printable(o.error))
         final = False
+        if o.ok and o.reused and o.file_path:
+            other = await self.db(st.download_owner, o.file_path, job.row_id)
+            if other is not None:  # yt-dlp found "its" file: another video's, of the same name
+                o = dataclasses.replace(o, ok=False, kind=ErrorKind.PERMANENT, error=printable(
+                    f"the output file {o.file_path} is video {other}'s already: download.output_template "
+                    f"gives both the same name (yt-dlp's ID of both is {o.ytdlp_id!r}); "
+                    "put %(videofetchd_id)s in it to tell them apart"))
         if o.ok and o.entries:
             kept, added = await self.db(playlists.expand, st, job.row_id, token, o.entries, extractor=o.extractor)
             self.counters.completed += kept
