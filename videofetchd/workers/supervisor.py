@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import contextlib
 import dataclasses
 import functools
 import logging
@@ -24,7 +25,7 @@ from typing import Any
 from ..config import Config, DownloadConfig
 from ..queue.dblink import DB_CALL_TIMEOUT_S, DbLink
 from ..errors import DatabaseGone, DatabaseUnavailable, HostFault, InvalidVideoId, SupervisorFailed
-from ..queue.jobs import Job, Outcome, site_of, url_for
+from ..queue.jobs import TEMP_DIR_NAME, Job, Outcome, site_of, url_for
 from .breaker import CrashBreaker
 from .health import Health
 from .hostwatch import HostWatch
@@ -206,9 +207,11 @@ class Supervisor:
             self._loop.call_soon_threadsafe(functools.partial(self.wake, claim=True))
 
     async def _reap(self) -> None:
+        reaped = False
         for slot in self.slots:
             if not slot.busy or slot.future is None or not slot.future.done():
                 continue
+            reaped = True
             reason, pid, files = slot.kill_reason, slot.pid, slot.files()
             self.counters.downloaded_bytes += slot.new_bytes()
             if reason != "daemon stopping":
@@ -235,6 +238,11 @@ class Supervisor:
             if outcome.condition is not None:  # the host, not the row: pause; the row is handed back
                 self.hostwatch.job_fault(outcome.condition, outcome.error or "")
             await self._record(job, dataclasses.replace(outcome, files=files))
+        if reaped and not any(s.busy for s in self.slots):
+            # the jobs' shared temporary directory, once no job of ours can be creating its own
+            # directory in it (a child's os.makedirs fails when the parent goes meanwhile)
+            with contextlib.suppress(OSError):
+                os.rmdir(os.path.join(self.cfg.download.directory, TEMP_DIR_NAME))
 
     async def _give_up(self, slot: Slot) -> None:
         """The killed child outlives SIGKILL: record its job as the kill it was, now."""
