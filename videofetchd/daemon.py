@@ -296,7 +296,8 @@ class Daemon:
         def work() -> None:
             # a daemon thread, not an executor: a long scan must not hold up the daemon's exit
             try:
-                result: Any = scan_directories(store, list(cfg.scan.directories), cfg.scan, progress=progress)
+                result: Any = scan_directories(store, list(cfg.scan.directories), cfg.scan, progress=progress,
+                                               url_template=cfg.download.url_template)
                 settle = functools.partial(_settle, done, result, None)
             except BaseException as exc:  # noqa: BLE001 - handed to the awaiting task
                 settle = functools.partial(_settle, done, None, exc)

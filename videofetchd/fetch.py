@@ -108,7 +108,8 @@ async def _run_fetch(cfg: Config, *, num_workers: int | None, existing_videos_di
     scanned = 0
     if existing_videos_dir is not None:
         from .library.scan import scan_directories
-        report = await loop.run_in_executor(None, lambda: scan_directories(store, [existing_videos_dir], cfg.scan))
+        report = await loop.run_in_executor(None, lambda: scan_directories(
+            store, [existing_videos_dir], cfg.scan, url_template=cfg.download.url_template))
         scanned = report.marked_done
         log.info("scan of %s: %s", existing_videos_dir, report.summary())
     sup = Supervisor(cfg, store, node=cfg.node_name(), one_shot=True)

@@ -296,8 +296,9 @@ def test_sigterm_mid_download_releases_rows_and_next_run_resumes(tmp_path: Path)
         rows = {r["video_id"]: r for r in vfd.rows(db)}
         assert all(r["status"] == "queued" for r in rows.values()), rows
         assert all(r["attempts"] == 0 for r in rows.values()), "the interrupted attempt was counted"
-        parts = {p.name: p.stat().st_size for p in videos.glob("*.part")}
+        parts = {p.name: p.stat().st_size for p in videos.glob(".videofetchd-tmp/*/*.part")}  # a job's own dir
         assert len(parts) == 2 and all(0 < n < size for n in parts.values()), parts
+        assert list(videos.glob("*.mp4*")) == []  # nothing under a final name yet
 
         t_restart = time.monotonic()
         with running(cfg) as d2:
@@ -311,7 +312,7 @@ def test_sigterm_mid_download_releases_rows_and_next_run_resumes(tmp_path: Path)
         for r in vfd.rows(db):
             data = Path(r["file_path"]).read_bytes()
             assert data == srv.content(r["video_id"]), f"{r['video_id']}: resumed file differs from the source"
-        assert list(videos.glob("*.part")) == []
+        assert list(videos.rglob("*.part")) == []
 
 
 def test_sigterm_drain_lets_running_jobs_finish_and_claims_nothing_new(

@@ -207,19 +207,21 @@ def test_cli_refuses_non_positive_workers(tmp_path: Path, bad: str) -> None:
 # -- partial files ------------------------------------------------------------------------------
 
 def test_part_file_from_an_earlier_run_is_resumed(server: MediaServer, tmp_path: Path) -> None:
+    """A job writes in its own temporary directory (``.videofetchd-tmp/<ID>``); the .part an
+    earlier, killed run left there is resumed, and the directory is gone once the file is whole."""
     video_id = "resume-me"
     data = server.content(video_id)
     half = len(data) // 2
     videos = tmp_path / "videos"
-    videos.mkdir()
-    part = videos / f"{video_id} [{video_id}].mp4.part"
+    (videos / ".videofetchd-tmp" / video_id).mkdir(parents=True)
+    part = videos / ".videofetchd-tmp" / video_id / f"{video_id} [{video_id}].mp4.part"
     part.write_bytes(data[:half])
     config = new_config(tmp_path, server)
     assert vfd.ctl(config, "add", video_id).returncode == 0
     r = vfd.ctl(config, "fetch", "--num-workers", "1")
     assert r.returncode == 0, r.stderr[-2000:]
     assert sha256_of(final_path(videos, video_id)) == server.sha256(video_id)
-    assert not part.exists()
+    assert not part.exists() and not (videos / ".videofetchd-tmp").exists()
     starts = [q.range_start for q in server.requests() if q.video_id == video_id and q.method == "GET"]
     assert half in starts, starts  # it asked for the rest only (yt-dlp's header probe is a plain GET)
 

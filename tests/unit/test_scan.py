@@ -74,7 +74,7 @@ def test_sidecar_id_wins_over_the_file_name(tmp_path: Path) -> None:
     (tmp_path / "Title [fileid12345].info.json").write_text(
         json.dumps({"id": "sideid", "extractor_key": "Vimeo", "extractor": "vimeo"}))
     found, tally = walk(tmp_path)
-    assert found[str(video)] == ("sideid", str(video), 5, "info.json", "Vimeo")
+    assert found[str(video)] == ("sideid", str(video), 5, "info.json", "Vimeo", "sideid")
     assert tally.counts["files_seen"] == 2
 
 
@@ -242,10 +242,10 @@ def test_a_fifo_named_like_a_sidecar_is_skipped_not_waited_on(tmp_path: Path) ->
     assert tally.counts["skipped_errors"] == 1 and "not a regular file" in tally.warnings[0]
 
 
-def _sidecar_reference(data: bytes) -> tuple[str, str | None] | None:
+def _sidecar_reference(data: bytes) -> tuple[str, str | None, str | None] | None:
     info = json.loads(data)
     extractor = info.get("extractor_key") or info.get("extractor")
-    return info["id"], extractor if isinstance(extractor, str) and extractor else None
+    return info["id"], extractor if isinstance(extractor, str) and extractor else None, info.get("videofetchd_id")
 
 
 def test_sidecar_short_cut_agrees_with_json() -> None:
@@ -265,6 +265,8 @@ def test_sidecar_short_cut_agrees_with_json() -> None:
         json.dumps({"id": "abc", "http_headers": {'X "extractor_key': "Evil"}, "extractor_key": "Good"}),
         json.dumps({"id": "abc", "note": '", "extractor_key": "Evil', "extractor": "good"}),
         '{"id": "abc",\n    "extractor_key": "Indented"\n}',
+        json.dumps({**real, "videofetchd_id": "queue-1"}), json.dumps({"id": "abc", "videofetchd_id": "q:2"}),
+        json.dumps({"id": "abc", "note": '"videofetchd_id": "evil"', "videofetchd_id": "good"}),
     ]
     short_cut = 0
     for doc in docs:
@@ -272,10 +274,12 @@ def test_sidecar_short_cut_agrees_with_json() -> None:
         if fast is not None:
             short_cut += 1
             assert fast == _sidecar_reference(doc.encode()), doc[:80]
-    assert walker_mod._sidecar_fast(json.dumps(real).encode()) == ("dQw4w9WgXcQ", "Youtube")
-    assert short_cut >= 8  # the common shapes do not fall back
+    assert walker_mod._sidecar_fast(json.dumps(real).encode()) == ("dQw4w9WgXcQ", "Youtube", None)
+    assert walker_mod._sidecar_fast(json.dumps({**real, "videofetchd_id": "q-7"}).encode()) == \
+        ("dQw4w9WgXcQ", "Youtube", "q-7")
+    assert short_cut >= 10  # the common shapes do not fall back
     # not JSON whitespace: json.loads refuses it, and the short cut does not take the key either
-    assert walker_mod._sidecar_fast(b'{"id": "abc",\x0b"extractor_key": "Y"}') == ("abc", None)
+    assert walker_mod._sidecar_fast(b'{"id": "abc",\x0b"extractor_key": "Y"}') == ("abc", None, None)
 
 
 def test_odd_sidecar_values_never_break_the_scan(tmp_path: Path) -> None:

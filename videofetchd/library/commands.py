@@ -6,7 +6,9 @@ and the database driver are imported when a command runs. Errors are raised as
 ``VideofetchdError``; ``ctl.main`` turns them into a message and an exit code.
 
 Archive format (yt-dlp ``--download-archive``): one ``<extractor> <id>`` per line, the extractor
-being yt-dlp's extractor key lowercased (``youtube dQw4w9WgXcQ``). Importing makes known
+being yt-dlp's extractor key lowercased (``youtube dQw4w9WgXcQ``). The extractor is part of a
+video's identity: a line never matches a row whose extractor is known to be another (stored by
+its download, or from its site; see ``queries.KnownRow.site``). Importing makes known
 queued/failed rows and unknown IDs ``done`` with ``found_by = 'archive'`` and no file path: the
 one kind of done row without a file, meaning "recorded as downloaded elsewhere, not verified".
 A later scan that finds the file fills in its path; reconcile never marks such rows missing.
@@ -24,14 +26,10 @@ import os
 import sys
 import time
 from typing import Any, Callable, TextIO
-from urllib.parse import urlsplit
 
 from ..config import Config
 from ..errors import EXIT_OK, EXIT_USAGE, InvalidVideoId, VideofetchdError
 
-#: url_template host -> yt-dlp extractor key (lowercased) for sites whose key is not the host's name
-_SITE_EXTRACTORS = {"youtube.com": "youtube", "youtu.be": "youtube", "m.youtube.com": "youtube",
-                    "music.youtube.com": "youtube", "youtube-nocookie.com": "youtube"}
 ARCHIVE_BATCH = 1000
 
 
@@ -58,7 +56,8 @@ def cmd_scan(args: argparse.Namespace, cfg: Config, out: TextIO) -> int:
         meter = _ProgressLine(sys.stderr) if sys.stderr.isatty() else None
         try:
             report = scan_into_store(store, walk, dry_run=args.dry_run, reconcile=not args.no_reconcile,
-                                     allow_empty=args.allow_empty, progress=meter.update if meter else None)
+                                     allow_empty=args.allow_empty, progress=meter.update if meter else None,
+                                     url_template=cfg.download.url_template)
         except ScanRootError as exc:
             if meter:
                 meter.clear()
@@ -95,14 +94,8 @@ class _ProgressLine:
 
 def extractor_for_site(url_template: str) -> str:
     """The lowercased yt-dlp extractor key an archive line needs for rows of ``url_template``'s site."""
-    host = (urlsplit(url_template.format(id="x")).hostname or "").lower()
-    host = host[4:] if host.startswith("www.") else host
-    if host in _SITE_EXTRACTORS:
-        return _SITE_EXTRACTORS[host]
-    labels = host.split(".")
-    if len(labels) < 2 or labels[-1].isdigit() or ":" in host:  # an IP address: yt-dlp's generic extractor
-        return "generic"
-    return labels[-2]
+    from ..queue.jobs import site_extractor
+    return site_extractor(url_template.format(id="x"))
 
 
 def parse_archive_line(line: str) -> tuple[str, str] | None:
@@ -122,7 +115,7 @@ def parse_archive_line(line: str) -> tuple[str, str] | None:
 def cmd_import_archive(args: argparse.Namespace, cfg: Config, out: TextIO) -> int:
     from .queries import record_archive
     from ..queue.store import open_store
-    counts = dict.fromkeys(("imported", "created", "already_done", "left", "refused"), 0)
+    counts = dict.fromkeys(("imported", "created", "already_done", "left", "other_extractor", "refused"), 0)
     bad: list[str] = []
 
     try:
@@ -144,10 +137,10 @@ def cmd_import_archive(args: argparse.Namespace, cfg: Config, out: TextIO) -> in
                 if item is not None:
                     batch.setdefault(item[1], item[0])
                 if len(batch) >= ARCHIVE_BATCH:
-                    record_archive(store, batch, counts)
+                    record_archive(store, batch, counts, cfg.download.url_template)
                     batch = {}
             if batch:
-                record_archive(store, batch, counts)
+                record_archive(store, batch, counts, cfg.download.url_template)
     finally:
         store.close()
     for msg in bad:
@@ -156,7 +149,8 @@ def cmd_import_archive(args: argparse.Namespace, cfg: Config, out: TextIO) -> in
         out.write(json.dumps(counts) + "\n")
     else:
         out.write(f"imported {counts['imported']} ({counts['created']} new), already done "
-                  f"{counts['already_done']}, left alone {counts['left']}, refused {counts['refused']}\n")
+                  f"{counts['already_done']}, left alone {counts['left']}, another extractor's "
+                  f"{counts['other_extractor']}, refused {counts['refused']}\n")
     return EXIT_USAGE if counts["refused"] else EXIT_OK
 
 

@@ -13,7 +13,7 @@ from collections.abc import Callable, Iterator, Sequence
 from operator import itemgetter
 from typing import Any, NamedTuple
 
-from ..queue.jobs import DoneFile
+from ..queue.jobs import DoneFile, same_extractor, site_extractor
 from ..queue.store import Store, db_errors
 
 PAGE_ROWS = 1000  #: rows per statement and per reconcile page (7000 parameters: SQLite >= 3.32 allows 32766)
@@ -24,6 +24,18 @@ class KnownRow(NamedTuple):
     status: str
     file_path: str | None
     file_size: int | None
+    extractor: str | None
+    url: str | None
+
+    def site(self, video_id: str, url_template: str | None) -> str | None:
+        """The row's extractor: the one its download or import stored, else a guess from its
+        URL's (or the url_template's) site; None when unknown ("generic" says nothing either:
+        yt-dlp's generic extractor hands pages on to others)."""
+        if self.extractor:
+            return self.extractor
+        url = self.url or (url_template.replace("{id}", video_id) if url_template else None)
+        guess = site_extractor(url) if url else None
+        return None if guess == "generic" else guess
 
 
 def _tx(store: Store) -> Any:
@@ -40,9 +52,9 @@ def _lookup(store: Store, video_ids: Sequence[str]) -> dict[str, KnownRow]:
     for start in range(0, len(video_ids), PAGE_ROWS):
         chunk = video_ids[start:start + PAGE_ROWS]
         cur = store.db.execute_sql(
-            "SELECT video_id, status, file_path, file_size FROM videos WHERE video_id IN "
+            "SELECT video_id, status, file_path, file_size, extractor, url FROM videos WHERE video_id IN "
             f"({_marks(len(chunk), store)})", list(chunk))
-        known.update((r[0], KnownRow(r[1], r[2], r[3])) for r in cur)
+        known.update((r[0], KnownRow(r[1], r[2], r[3], r[4], r[5])) for r in cur)
     return known
 
 
@@ -56,20 +68,22 @@ def _now(store: Store) -> float:
 _UPSERT_SETS = (
     "status = 'done', file_path = EXCLUDED.file_path, file_size = EXCLUDED.file_size, "
     "found_by = EXCLUDED.found_by, extractor = COALESCE(EXCLUDED.extractor, videos.extractor), "
+    "ytdlp_id = COALESCE(EXCLUDED.ytdlp_id, videos.ytdlp_id), "
     "last_error = NULL, error_kind = NULL, finished_at = EXCLUDED.finished_at, "
     "updated_at = EXCLUDED.updated_at, lease_owner = NULL, claim_token = NULL, lease_expires = NULL")
 
 
 def _insert(store: Store, chunk: Sequence[DoneFile], now: float, on_conflict: str) -> int:
-    """One multi-row INSERT of done rows; returns how many rows it inserted or updated."""
+    """One multi-row INSERT of done rows; returns how many rows it inserted or updated. yt-dlp's
+    ID is stored only where it differs from the row's key (see ``models.schema_ytdlp_ids``)."""
     p = store.db.param
-    values = ", ".join([f"({p}, 'done', {p}, {p}, {p}, {p}, {p}, {p})"] * len(chunk))
+    values = ", ".join([f"({p}, 'done', {p}, {p}, {p}, {p}, {p}, {p}, {p})"] * len(chunk))
     params: list[Any] = []
     for r in chunk:
-        params += r
-        params += (now, now)
+        params += r[:5]
+        params += (r[5] if r[5] != r[0] else None, now, now)
     return int(store.db.execute_sql(
-        "INSERT INTO videos (video_id, status, file_path, file_size, found_by, extractor, finished_at, "
+        "INSERT INTO videos (video_id, status, file_path, file_size, found_by, extractor, ytdlp_id, finished_at, "
         f"updated_at) VALUES {values} ON CONFLICT (video_id) {on_conflict}", params).rowcount)
 
 
@@ -137,20 +151,73 @@ def _insert_new(store: Store, rows: Sequence[DoneFile], now: float) -> tuple[lis
     return left, inserted
 
 
+def _owners(store: Store, files: Sequence[DoneFile]) -> tuple[dict[str, str], dict[str, list[tuple[str, str | None]]]]:
+    """Rows that own some of ``files`` by other means than their key: {path: video_id} of the
+    downloads that recorded those paths, {yt-dlp ID: [(video_id, extractor)]} of rows whose
+    yt-dlp ID differs from their key. Both through partial indexes (few rows are in them)."""
+    by_path: dict[str, str] = {}
+    by_ytdlp: dict[str, list[tuple[str, str | None]]] = {}
+    # a library that videofetchd never downloaded into has no row in either index: two probes
+    # of an empty index spare a rescan ~190 lookups of 1,000 parameters per 100,000 files
+    some = store.db.execute_sql("SELECT (SELECT 1 FROM videos WHERE found_by = 'download' AND file_path IS NOT NULL "
+                                "LIMIT 1), (SELECT 1 FROM videos WHERE ytdlp_id IS NOT NULL LIMIT 1)").fetchone()
+    paths = [f[1] for f in files if f[1]] if some[0] else []
+    ytdlp_ids = sorted({f[5] for f in files if f[5]}) if some[1] else []
+    for start in range(0, len(paths), PAGE_ROWS):
+        chunk = paths[start:start + PAGE_ROWS]
+        cur = store.db.execute_sql("SELECT video_id, file_path FROM videos WHERE found_by = 'download' AND "
+                                   f"file_path IN ({_marks(len(chunk), store)})", chunk)
+        by_path.update((r[1], r[0]) for r in cur)
+    for start in range(0, len(ytdlp_ids), PAGE_ROWS):
+        chunk = ytdlp_ids[start:start + PAGE_ROWS]
+        cur = store.db.execute_sql("SELECT video_id, ytdlp_id, extractor FROM videos WHERE ytdlp_id IS NOT NULL "
+                                   f"AND ytdlp_id IN ({_marks(len(chunk), store)}) ORDER BY id", chunk)
+        for r in cur:
+            by_ytdlp.setdefault(r[1], []).append((r[0], r[2]))
+    return by_path, by_ytdlp
+
+
+def _match_owners(store: Store, files: Sequence[DoneFile]) -> list[DoneFile]:
+    """``files`` with each one's key replaced by the row that owns it, where that row's key is
+    not the file's own ID: the download that recorded the file's path, else (when no row of the
+    file's ID and extractor exists) the row whose recorded yt-dlp ID and extractor are the file's."""
+    by_path, by_ytdlp = _owners(store, files)
+    if not by_path and not by_ytdlp:
+        return list(files)
+    own = _lookup(store, sorted({f[0] for f in files if f[5] in by_ytdlp}))
+    out = []
+    for f in files:
+        owner = by_path.get(f[1] or "")
+        if owner is None and f[5] in by_ytdlp:
+            row = own.get(f[0])
+            if row is None or not same_extractor(f[4], row.extractor):
+                owner = next((vid for vid, ext in by_ytdlp[f[5] or ""] if same_extractor(f[4], ext)), None)
+        out.append(f if owner is None or owner == f[0] else (owner, *f[1:]))
+    return out
+
+
 @db_errors
-def record_files(store: Store, files: Sequence[DoneFile], counts: dict[str, int], *, dry_run: bool = False) -> int:
+def record_files(store: Store, files: Sequence[DoneFile], counts: dict[str, int], *, dry_run: bool = False,
+                 url_template: str | None = None) -> int:
     """Make the rows of recognised files done; one transaction. Adds to ``counts``; returns how many
     rows now point at one of ``files`` (the reconcile short-cut).
 
+    A file belongs to the row of its key (the queue ID its sidecar names, else yt-dlp's ID from
+    the sidecar or the name), unless another row owns it: the download that recorded its path,
+    or the row whose recorded yt-dlp ID and extractor it has (``_match_owners``); so a scan
+    never adds a second row for a file a row already owns. A row whose extractor is known (stored,
+    or from its URL's or ``url_template``'s site) is not matched by a file of another extractor
+    (``other_extractor``): YouTube's 123 is not Vimeo's 123.
     Unknown ID: a new done row. queued/failed/missing: done with this file. running: left alone.
     done with this path: nothing (size refreshed if it changed). done with another path: if that
     file still exists this one is a duplicate and the row keeps its file, else the row moves here
     (also when it had no path, as archive imports have).
     """
     batch: dict[str, DoneFile] = {}
-    for f in files:
+    for f in _match_owners(store, files):
         batch.setdefault(f[0], f)
-    c = dict.fromkeys(("created", "marked_done", "skipped_running", "already_done", "moved", "matched"), 0)
+    c = dict.fromkeys(("created", "marked_done", "skipped_running", "already_done", "moved", "matched",
+                       "other_extractor"), 0)
     c["duplicates"] = len(files) - len(batch)
 
     def decide(ids: Sequence[str], known: dict[str, KnownRow]) -> list[DoneFile]:
@@ -159,6 +226,9 @@ def record_files(store: Store, files: Sequence[DoneFile], counts: dict[str, int]
             f, row = batch[vid], known[vid]
             if row.status == "running":
                 c["skipped_running"] += 1
+                continue
+            elif not same_extractor(f[4], row.site(vid, url_template)):
+                c["other_extractor"] += 1
                 continue
             elif row.status != "done":
                 c["marked_done"] += 1
@@ -189,17 +259,22 @@ def record_files(store: Store, files: Sequence[DoneFile], counts: dict[str, int]
 
 
 @db_errors
-def record_archive(store: Store, entries: dict[str, str], counts: dict[str, int]) -> None:
+def record_archive(store: Store, entries: dict[str, str], counts: dict[str, int],
+                   url_template: str | None = None) -> None:
     """Make archive entries (video_id -> extractor) done without a file; one transaction.
 
     Unknown IDs and queued/failed rows become done with found_by 'archive'. Done rows stay as they
-    are; running rows are being fetched; missing rows are a loss to look at, not to hide.
+    are; running rows are being fetched; missing rows are a loss to look at, not to hide. A row
+    whose extractor is known (``KnownRow.site``) and is not the line's is another site's video
+    with the same ID: left alone (``other_extractor``).
     """
     def decide(ids: Sequence[str], known: dict[str, KnownRow]) -> list[DoneFile]:
         writes: list[DoneFile] = []
         for vid in ids:
             status = known[vid].status
-            if status == "done":
+            if not same_extractor(entries[vid], known[vid].site(vid, url_template)):
+                counts["other_extractor"] = counts.get("other_extractor", 0) + 1
+            elif status == "done":
                 counts["already_done"] = counts.get("already_done", 0) + 1
             elif status not in ("queued", "failed"):
                 counts["left"] = counts.get("left", 0) + 1
@@ -208,7 +283,8 @@ def record_archive(store: Store, entries: dict[str, str], counts: dict[str, int]
                 writes.append(rows[vid])
         return writes
 
-    rows: dict[str, DoneFile] = {vid: (vid, None, None, "archive", extractor) for vid, extractor in entries.items()}
+    rows: dict[str, DoneFile] = {vid: (vid, None, None, "archive", extractor, vid)
+                                 for vid, extractor in entries.items()}
     created = _apply(store, decide, rows, dry_run=False, only_status=("queued", "failed"))
     counts["imported"] = counts.get("imported", 0) + created
     counts["created"] = counts.get("created", 0) + created

@@ -24,6 +24,7 @@ class ScanReport:
     moved: int = 0  #: of already_done: the stored path was gone and now points at this file
     duplicates: int = 0  #: a second file for an ID whose stored file still exists (kept the stored one)
     skipped_running: int = 0  #: rows leased by a daemon right now: left alone
+    other_extractor: int = 0  #: files whose ID a row has, but of another site's extractor: left alone
     partial: int = 0  #: .part/.ytdl/.temp/fragment/format-part files and empty video files
     unrecognized: int = 0  #: video files with no ID by any rule
     skipped_errors: int = 0  #: unreadable directories, undecodable names, broken sidecars, stat errors
@@ -37,7 +38,8 @@ class ScanReport:
         text = (f"{self.files_seen} files, {self.videos_found} videos: {verb} {self.marked_done} done "
                 f"({self.created} new), {self.already_done} already done")
         extras = [(self.moved, "moved"), (self.duplicates, "duplicates"),
-                  (self.skipped_running, "running, left alone"), (self.partial, "partial"),
+                  (self.skipped_running, "running, left alone"),
+                  (self.other_extractor, "of another extractor"), (self.partial, "partial"),
                   (self.unrecognized, "without an ID"), (self.skipped_errors, "skipped on errors"),
                   (self.missing, "missing"), (self.requeued_missing, "requeued")]
         shown = [f"{n} {what}" for n, what in extras if n]

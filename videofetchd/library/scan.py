@@ -40,7 +40,8 @@ def _is_empty(root: str) -> bool:
 
 
 def scan_into_store(store: Store, walk: Walk, *, dry_run: bool = False, reconcile: bool = True,
-                    allow_empty: bool = False, progress: Callable[[int], None] | None = None) -> ScanReport:
+                    allow_empty: bool = False, progress: Callable[[int], None] | None = None,
+                    url_template: str | None = None) -> ScanReport:
     """Record what ``walk`` (from ``walkproc.start_walk``) finds; see the module docstring for the
     rules. Closes the walk.
 
@@ -49,25 +50,28 @@ def scan_into_store(store: Store, walk: Walk, *, dry_run: bool = False, reconcil
     root held no video at all while done rows point into it. ``allow_empty`` lifts the
     emptiness guard (the library really was deleted). ``progress`` is called with the number of
     videos found so far after every chunk of files the walker hands over (from the calling thread).
+    ``url_template`` (``download.url_template``) tells the site, and so the extractor, of rows
+    without a URL of their own (see ``queries.record_files``).
     """
     started = time.monotonic()
     with walk:
         return _scan(store, walk, dry_run=dry_run, reconcile=reconcile, allow_empty=allow_empty, started=started,
-                     progress=progress or (lambda n: None))
+                     progress=progress or (lambda n: None), url_template=url_template)
 
 
 def scan_directories(store: Store, directories: Sequence[str | os.PathLike[str]], scan_cfg: ScanConfig, *,
                      dry_run: bool = False, reconcile: bool = True, allow_empty: bool = False,
-                     walk_in: WalkMode = "auto", progress: Callable[[int], None] | None = None) -> ScanReport:
+                     walk_in: WalkMode = "auto", progress: Callable[[int], None] | None = None,
+                     url_template: str | None = None) -> ScanReport:
     """Start a walk of ``directories`` and record it: ``scan_into_store`` for callers that have
     nothing to do while the walk starts. ``walk_in``: see ``walkproc.start_walk``."""
     walk = start_walk(directories, scan_cfg, walk_in)
     return scan_into_store(store, walk, dry_run=dry_run, reconcile=reconcile, allow_empty=allow_empty,
-                           progress=progress)
+                           progress=progress, url_template=url_template)
 
 
 def _scan(store: Store, walk: Walk, *, dry_run: bool, reconcile: bool, allow_empty: bool,
-          started: float, progress: Callable[[int], None]) -> ScanReport:
+          started: float, progress: Callable[[int], None], url_template: str | None) -> ScanReport:
     roots = walk.roots
     done_under = {r: queries.count_done_under(store, dir_prefix(r)) for r in roots}
     if not allow_empty:
@@ -86,7 +90,8 @@ def _scan(store: Store, walk: Walk, *, dry_run: bool, reconcile: bool, allow_emp
             found[root] += len(chunk)
             progress(sum(found.values()))
         while len(batch) >= BATCH_FILES or (batch and chunk is None):
-            matched[root] += queries.record_files(store, batch[:BATCH_FILES], db_tally.counts, dry_run=dry_run)
+            matched[root] += queries.record_files(store, batch[:BATCH_FILES], db_tally.counts, dry_run=dry_run,
+                                                  url_template=url_template)
             del batch[:BATCH_FILES]
         if chunk is None and done_under[root] and not allow_empty and not found[root]:
             refused.append(root)
@@ -131,7 +136,8 @@ def _reconcile(store: Store, root: str, cfg: ScanConfig, tally: Tally, *, dry_ru
 def _report(roots: list[str], walk: Tally, db: Tally, dry_run: bool, elapsed: float) -> ScanReport:
     c = {k: walk.counts.get(k, 0) + db.counts.get(k, 0) for k in {*walk.counts, *db.counts}}
     names = ("files_seen", "videos_found", "marked_done", "created", "already_done", "moved", "duplicates",
-             "skipped_running", "partial", "unrecognized", "skipped_errors", "missing", "requeued_missing")
+             "skipped_running", "other_extractor", "partial", "unrecognized", "skipped_errors", "missing",
+             "requeued_missing")
     return ScanReport(roots=tuple(roots), dry_run=dry_run, elapsed_s=round(elapsed, 3),
                       warnings=tuple((walk.warnings + db.warnings)[:MAX_WARNINGS + 1]),
                       **{n: c.get(n, 0) for n in names})

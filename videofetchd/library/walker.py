@@ -5,9 +5,12 @@ memory at a time) and follows no symlink below the root: not a directory, not a 
 not a sidecar (a link to a file the scanning user may read but the library's writer may not
 must not leak that file's ID or size into the database). A directory opened is checked to be the
 one listed (st_dev, st_ino), so one swapped for a link during the walk is skipped, and the same
-pair guards against bind-mount loops. An ID comes from, in order: the ``.info.json`` sidecar next to the file (same
-stem), the yt-dlp style ``[ID]`` at the end of the file stem, the configured
-``scan.id_pattern``. Partial files (``.part``, ``.ytdl``, ``.temp``, ``.part-FragN``, ``.fNNN``
+pair guards against bind-mount loops. The jobs' temporary directory (``.videofetchd-tmp``) is
+never entered: nothing in it is a finished video. An ID comes from, in order: the ``.info.json``
+sidecar next to the file (same stem; its ``videofetchd_id``, the queue ID a download wrote, else
+yt-dlp's ``id``), the yt-dlp style ``[ID]`` at the end of the file stem, the configured
+``scan.id_pattern``. yt-dlp's own ID goes with the file too (``DoneFile``): the queue matches
+files to rows by either. Partial files (``.part``, ``.ytdl``, ``.temp``, ``.part-FragN``, ``.fNNN``
 format parts) and empty files are never complete. Problems are counted in a ``Tally``, never
 raised, except for an unreadable scan root. No database, no network, no yt-dlp here.
 """
@@ -26,7 +29,7 @@ from dataclasses import dataclass, field
 
 from ..config import ScanConfig
 from ..errors import VideofetchdError
-from ..queue.jobs import ID_RE, MAX_ID_LENGTH, DoneFile
+from ..queue.jobs import ID_RE, MAX_ID_LENGTH, TEMP_DIR_NAME, DoneFile
 from ..text import printable
 from .report import ScanReport
 
@@ -71,7 +74,7 @@ class Tally:
             log.warning("further scan warnings are not logged one by one")
 
 
-#: (video_id, path, size, found_by, extractor): the row a complete video file makes done
+#: (video_id, path, size, found_by, extractor, ytdlp_id): the row a complete video file makes done
 Found = DoneFile
 
 
@@ -174,7 +177,7 @@ class Walker:
             if not st.st_size:
                 partial += 1
                 continue
-            add((m[1], base + name, st.st_size, "filename", None))
+            add((m[1], base + name, st.st_size, "filename", None, m[1]))
         tally.add("files_seen", files)
         tally.add("partial", partial)
 
@@ -206,10 +209,12 @@ class Walker:
         if found is None:
             self.tally.add("unrecognized")
         else:
-            out.append((found[0], base + name, st.st_size, found[1], found[2]))
+            out.append((found[0], base + name, st.st_size, found[1], found[2], found[3]))
         return 0
 
     def _push_dir(self, path: str, entry: os.DirEntry[str], stack: list[tuple[str, int, int]]) -> None:
+        if entry.name == TEMP_DIR_NAME:
+            return
         if not utf8_ok(entry.name):
             self.tally.error(f"skipped directory {show_path(path)}: name is not valid UTF-8")
             return
@@ -222,24 +227,26 @@ class Walker:
         stack.append((path, st.st_dev, st.st_ino))
 
     def _identify(self, fd: int, base: str, name: str, stem: str,
-                  has_sidecar: bool) -> tuple[str, str, str | None] | None:
+                  has_sidecar: bool) -> tuple[str, str, str | None, str | None] | None:
+        """(queue ID, found_by, extractor, yt-dlp's ID) of a video file, or None."""
         if has_sidecar:
             found = self._from_sidecar(fd, base, stem + SIDECAR_SUFFIX)
             if found is not None:
-                return found[0], "info.json", found[1]
+                return found[2] or found[0], "info.json", found[1], found[0]
         if stem.endswith("]"):
             start = stem.rfind("[")
             if start >= 0:
                 candidate = stem[start + 1:-1]
                 if is_valid_id(candidate) and not _NOT_AN_ID.fullmatch(candidate):
-                    return candidate, "filename", None
+                    return candidate, "filename", None, candidate
         if self.pattern is not None:
             m = self.pattern.search(name)
             if m and m.group("id") and is_valid_id(m.group("id")):
-                return m.group("id"), "pattern", None
+                return m.group("id"), "pattern", None, None
         return None
 
-    def _from_sidecar(self, fd: int, base: str, name: str) -> tuple[str, str | None] | None:
+    def _from_sidecar(self, fd: int, base: str, name: str) -> tuple[str, str | None, str | None] | None:
+        """(yt-dlp's id, extractor, videofetchd_id) of a sidecar, or None (counted as an error)."""
         try:
             data = _read_file(fd, name, MAX_SIDECAR_BYTES)
             found = _sidecar_fast(data)
@@ -258,7 +265,9 @@ class Walker:
             self.tally.error(f"ignored sidecar {show_path(base + name)}: no usable 'id'")
             return None
         extractor = info.get("extractor_key") or info.get("extractor")
-        return video_id, extractor if isinstance(extractor, str) and _EXTRACTOR.fullmatch(extractor) else None
+        queue_id = info.get("videofetchd_id")
+        return (video_id, extractor if isinstance(extractor, str) and _EXTRACTOR.fullmatch(extractor) else None,
+                queue_id if isinstance(queue_id, str) and is_valid_id(queue_id) else None)
 
 
 #: what an extractor name may be (yt-dlp's are "Youtube", "vimeo:album", ...); anything else is
@@ -269,13 +278,30 @@ _WS = rb"[ \t\n\r]*"  # JSON's whitespace (not regex \s, which also takes \v and
 _SIDECAR_ID = re.compile(rb'%s\{%s"id"%s:%s"([A-Za-z0-9_\-][A-Za-z0-9_\-.:@~+]{0,%d})"%s[,}]'
                          % (_WS, _WS, _WS, _WS, MAX_ID_LENGTH - 1, _WS))
 _SIDECAR_KEYS = (b'"extractor_key"', b'"extractor"')
+_QUEUE_KEY = b'"videofetchd_id"'  #: the queue ID a videofetchd download adds (its last key)
 _KEY_BEFORE = re.compile(rb"[,{]%s\Z" % _WS)
 _COLON = re.compile(_WS + rb":")
 _SIDECAR_VALUE = re.compile(rb'%s:%s"([A-Za-z0-9_:.\-]{1,100})"%s[,}]' % (_WS, _WS, _WS))
+_QUEUE_VALUE = re.compile(rb'%s:%s"([A-Za-z0-9_\-][A-Za-z0-9_\-.:@~+]{0,%d})"%s[,}]'
+                          % (_WS, _WS, MAX_ID_LENGTH - 1, _WS))
 
 
-def _sidecar_fast(data: bytes) -> tuple[str, str | None] | None:
-    """(id, extractor) of a yt-dlp info.json without parsing it, or None to parse it in full.
+def _key_value(data: bytes, key: bytes, value: re.Pattern[bytes]) -> bytes | None | bool:
+    """The value of the first ``key`` that stands as a key (after a comma or a brace, before a
+    colon): its bytes, None when there is no such key, False when its value is odd."""
+    at = data.find(key)
+    while at >= 0:
+        end = at + len(key)
+        if _COLON.match(data, end) and _KEY_BEFORE.search(data, max(0, at - 64), at):
+            v = value.match(data, end)
+            return False if v is None else v[1]
+        at = data.find(key, end)
+    return None
+
+
+def _sidecar_fast(data: bytes) -> tuple[str, str | None, str | None] | None:
+    """(id, extractor, videofetchd_id) of a yt-dlp info.json without parsing it, or None to
+    parse it in full.
 
     A real info.json is hundreds of kilobytes (every format's URL, every caption language) and
     json.loads costs about 0.6 ms of it; this costs a sixth of that. It takes what yt-dlp writes:
@@ -289,17 +315,17 @@ def _sidecar_fast(data: bytes) -> tuple[str, str | None] | None:
     m = _SIDECAR_ID.match(data)
     if m is None:
         return None
+    queue_id = _key_value(data, _QUEUE_KEY, _QUEUE_VALUE) if _QUEUE_KEY in data else None
+    if queue_id is False:
+        return None  # an odd value (escapes, null, not a string): let json decide
     for key in _SIDECAR_KEYS:
-        at = data.find(key)
-        while at >= 0:
-            end = at + len(key)
-            if _COLON.match(data, end) and _KEY_BEFORE.search(data, max(0, at - 64), at):
-                v = _SIDECAR_VALUE.match(data, end)
-                if v is None:
-                    return None  # an odd value (escapes, null, not a string): let json decide
-                return m[1].decode(), v[1].decode()
-            at = data.find(key, end)
-    return m[1].decode(), None
+        v = _key_value(data, key, _SIDECAR_VALUE)
+        if v is False:
+            return None
+        if v is not None:
+            assert isinstance(v, bytes)
+            return m[1].decode(), v.decode(), queue_id.decode() if isinstance(queue_id, bytes) else None
+    return m[1].decode(), None, queue_id.decode() if isinstance(queue_id, bytes) else None
 
 
 def _listing(fd: int) -> Iterator[tuple[list[os.DirEntry[str]], set[str]]]:

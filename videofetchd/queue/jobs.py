@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import enum
 import hashlib
+import os
 import random
 import re
 import urllib.parse
@@ -15,10 +16,48 @@ from dataclasses import dataclass
 
 from ..errors import InvalidVideoId
 
-#: a row to make ``done``: (video_id, file_path, file_size, found_by, extractor). Plain tuples,
-#: because the scanner makes one per file and a tuple costs a fraction of a NamedTuple; defined
-#: here so that the walker (which makes them) need not import the database layer (which stores them)
-DoneFile = tuple[str, str | None, int | None, str, str | None]
+#: a row to make ``done``: (video_id, file_path, file_size, found_by, extractor, ytdlp_id). Plain
+#: tuples, because the scanner makes one per file and a tuple costs a fraction of a NamedTuple;
+#: defined here so that the walker (which makes them) need not import the database layer (which
+#: stores them). ``video_id`` is the queue's key; ``ytdlp_id`` yt-dlp's own ID of the video, when
+#: known (an ``.info.json`` that names its queue ID has both, and they may differ)
+DoneFile = tuple[str, str | None, int | None, str, str | None, str | None]
+
+#: the directory, inside the download directory, where jobs download and post-process (one
+#: subdirectory per queue ID); the scanner never looks inside
+TEMP_DIR_NAME = ".videofetchd-tmp"
+
+
+def job_temp_dir(directory: str, video_id: str) -> str:
+    """Where the job of ``video_id`` writes before yt-dlp's final move (a valid ID is one path
+    component: no '/', never '.' or '..')."""
+    return os.path.join(directory, TEMP_DIR_NAME, video_id)
+
+
+#: host -> yt-dlp extractor key (lowercased) for sites whose key is not the host's name
+_SITE_EXTRACTORS = {"youtube.com": "youtube", "youtu.be": "youtube", "m.youtube.com": "youtube",
+                    "music.youtube.com": "youtube", "youtube-nocookie.com": "youtube"}
+
+
+def site_extractor(url: str) -> str:
+    """The lowercased yt-dlp extractor key of ``url``'s site, as an archive line names it: a
+    guess from the host name (``youtube`` for youtube.com and youtu.be, ``vimeo`` for vimeo.com,
+    ``generic`` for an IP address), made without yt-dlp, which only the worker child loads."""
+    host = (urllib.parse.urlsplit(url).hostname or "").lower()
+    host = host[4:] if host.startswith("www.") else host
+    if host in _SITE_EXTRACTORS:
+        return _SITE_EXTRACTORS[host]
+    labels = host.split(".")
+    if len(labels) < 2 or labels[-1].isdigit() or ":" in host:  # an IP address: yt-dlp's generic extractor
+        return "generic"
+    return labels[-2]
+
+
+def same_extractor(a: str | None, b: str | None) -> bool:
+    """Can two sides' extractors name the same video? Yes unless both are known and differ
+    (yt-dlp's ``extractor_key`` "Youtube" and an archive's "youtube" are the same)."""
+    return not a or not b or a.lower() == b.lower()
+
 
 MAX_ID_LENGTH = 200
 MAX_URL_LENGTH = 4096
@@ -63,6 +102,9 @@ class Outcome:
     file_path: str | None = None
     file_size: int | None = None
     extractor: str | None = None
+    ytdlp_id: str | None = None  #: yt-dlp's own ID of the video downloaded (may differ from the queue's)
+    #: the final file was there before the job (yt-dlp downloaded nothing): maybe another row's video
+    reused: bool = False
     error: str | None = None
     kind: ErrorKind | None = None  #: None: not the row's fault; handed back without charging an attempt
     condition: str | None = None  #: the host condition (health name) that made the job fail, if any

@@ -13,7 +13,7 @@ import enum
 
 import peewee
 
-SCHEMA_VERSION = 5
+SCHEMA_VERSION = 6
 NOTIFY_CHANNEL = "videofetchd_queue"
 
 db_proxy = peewee.DatabaseProxy()
@@ -52,6 +52,7 @@ class Video(peewee.Model):
     file_size = peewee.BigIntegerField(null=True)
     found_by = peewee.TextField(null=True)
     extractor = peewee.TextField(null=True)
+    ytdlp_id = peewee.TextField(null=True)
     lease_owner = peewee.TextField(null=True)
     claim_token = peewee.TextField(null=True)
     lease_expires = peewee.DoubleField(null=True)
@@ -246,6 +247,21 @@ def schema_video_ids(backend: str) -> list[str]:
             f"ALTER TABLE videos ADD CONSTRAINT videos_video_id_valid {_PG_ID_CHECK} NOT VALID"]
 
 
+def schema_ytdlp_ids(backend: str) -> list[str]:
+    """One row per video: ``ytdlp_id`` is yt-dlp's own ID of a row's video, which differs from the
+    queue's key for many sites (an HTML embed's ``<page>-1``, an HLS URL's ``master``). A download
+    stores it with ``extractor``; a scan only where it differs from the row's ``video_id``, so
+    that the partial index holds the few rows whose files a scan could not match by key, and a
+    first scan's bulk insert of a large library costs that index nothing. A second partial index
+    finds a download's row by its file path (a scan matches files to rows by it)."""
+    return [
+        "ALTER TABLE videos ADD COLUMN ytdlp_id TEXT",
+        "CREATE INDEX IF NOT EXISTS videos_ytdlp_id ON videos (ytdlp_id) WHERE ytdlp_id IS NOT NULL",
+        "CREATE INDEX IF NOT EXISTS videos_download_path ON videos (file_path) WHERE found_by = 'download'",
+    ]
+
+
 #: version -> DDL builder; a release that changes the schema appends one entry. Each version runs
 #: once, in one transaction with its version row (DDL is transactional on both backends).
-MIGRATIONS = {1: schema_v1, 2: schema_v2, 3: schema_identities, 4: schema_counts, 5: schema_video_ids}
+MIGRATIONS = {1: schema_v1, 2: schema_v2, 3: schema_identities, 4: schema_counts, 5: schema_video_ids,
+              6: schema_ytdlp_ids}

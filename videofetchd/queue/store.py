@@ -264,19 +264,27 @@ class Store:
 
     @db_errors
     def finish(self, row_id: int, token: str, *, file_path: str, file_size: int,
-               extractor: str | None) -> bool:
+               extractor: str | None, ytdlp_id: str | None = None) -> bool:
         """Mark a claimed row done; False when the lease was lost (the result is then discarded).
 
         Idempotent: a finish that committed but whose answer was lost (timeout, dropped
         connection) is retried from the held-back results and must still count as kept.
         """
         if self._settle(row_id, token,
-                        "status = 'done', file_path = ?, file_size = ?, extractor = ?, "
+                        "status = 'done', file_path = ?, file_size = ?, extractor = ?, ytdlp_id = ?, "
                         f"found_by = 'download', last_error = NULL, error_kind = NULL, finished_at = {self.now}",
-                        [storable(file_path, 4096), file_size, extractor and storable(extractor, 200)]):
+                        [storable(file_path, 4096), file_size, extractor and storable(extractor, 200),
+                         ytdlp_id and storable(ytdlp_id, 200)]):
             return True
         rows = self.read("SELECT status, file_path FROM videos WHERE id = ?", [row_id])
         return bool(rows) and rows[0][0] == "done" and rows[0][1] == file_path
+
+    @db_errors
+    def download_owner(self, file_path: str, row_id: int) -> str | None:
+        """The video ID of another row whose download recorded ``file_path``, if any."""
+        rows = self.read("SELECT video_id FROM videos WHERE found_by = 'download' AND file_path = ? AND id <> ? "
+                         "AND status = 'done' LIMIT 1", [file_path, row_id])
+        return str(rows[0][0]) if rows else None
 
     @db_errors
     def fail(self, row_id: int, token: str, *, error: str, kind: str) -> bool:

@@ -10,16 +10,25 @@ of it has been fetched (it fails at once, or its entries go back as rows to queu
 generic extractor's guess that a non-media answer is a "direct video link" is refused; the
 bytes received are counted against ``download.max_filesize``; and ``netguard`` checks every
 connection against ``download.allow_addresses``.
+
+Whole files only: a job downloads and post-processes in its own temporary directory under the
+download directory (``jobs.job_temp_dir``, same file system), and only yt-dlp's final move puts
+a file under its final name, so a job killed mid-download or mid-ffmpeg leaves nothing a scan
+could take for a finished video, and its retry resumes the ``.part`` where it was. The info
+dict carries the queue's ID (``videofetchd_id``) into the ``.info.json`` sidecar, so a scan of
+the library can tell which row a file belongs to even when yt-dlp's own ID differs.
 """
 
 from __future__ import annotations
 
 import os
 import re
+import shutil
 import urllib.parse
 from typing import Any, Protocol
 
 import yt_dlp
+from yt_dlp.postprocessor import PostProcessor
 from yt_dlp.utils import DownloadError
 
 from . import netguard
@@ -27,7 +36,7 @@ from .hostprobe import os_errno
 from ..config import DownloadConfig
 from ..errors import InvalidVideoId
 from ..queue.jobs import (PHASE_EXTRACTING, PHASE_IDLE, PHASE_POSTPROCESSING, ErrorKind, Job, Outcome, classify,
-                          id_for_url, validate_url, validate_video_id)
+                          id_for_url, job_temp_dir, validate_url, validate_video_id)
 
 #: YoutubeDL params videofetchd sets itself; ``download.ytdlp`` may not override them
 RESERVED_PARAMS = frozenset({"progress_hooks", "postprocessor_hooks", "logger", "paths", "outtmpl",
@@ -63,6 +72,20 @@ class _Logger:
 
     def error(self, msg: str) -> None:
         self.errors.append(msg)
+
+
+class _TagQueueIdPP(PostProcessor):
+    """Puts the queue's ID into the info dict before anything is written (``pre_process``), so
+    the ``.info.json`` says which row the files belong to."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.video_id: str | None = None
+
+    def run(self, info: dict[str, Any]) -> tuple[list[str], dict[str, Any]]:
+        if self.video_id is not None:
+            info["videofetchd_id"] = self.video_id
+        return [], info
 
 
 class Downloader:
@@ -117,6 +140,9 @@ class Downloader:
             # with nothing to --print, yt-dlp still builds the file name and renders four tables
             # at each of seven stages of every video (~1/3 of a small file's CPU)
             self.ydl._forceprint = _nothing_to_print
+        self.tagger = _TagQueueIdPP()
+        self.ydl.add_post_processor(self.tagger, when="pre_process")
+        self.temp_dir = ""  # the current job's temporary directory (see the module docstring)
         self.ydl.cookiejar  # noqa: B018 - loaded at warm-up: a bad (or hung) cookie file shows now, not per job
         self._ie_by_shape: dict[str, str] = {}  # URL with the ID cut out -> extractor that took it
 
@@ -177,8 +203,11 @@ class Downloader:
                                     f"({limit} bytes), and the file had not ended")
 
     def _on_postprocess(self, d: dict[str, Any]) -> None:
+        if d.get("postprocessor") == self.tagger.pp_key():
+            return  # ours, before the download: nothing is processed
         self.reporter.phase(PHASE_POSTPROCESSING)
-        self.postprocessed = True  # fixups and post-processors rewrite the file: sizes change
+        if d.get("postprocessor") != "MoveFiles":  # the final move (it always runs) keeps the bytes
+            self.postprocessed = True  # fixups and post-processors rewrite the file: sizes change
 
     def run(self, job: Job) -> Outcome:
         self.logger.errors.clear()
@@ -186,6 +215,9 @@ class Downloader:
         self.received.clear()
         self.written.clear()
         self.postprocessed = False
+        self.temp_dir = job_temp_dir(self.cfg.directory, job.video_id)
+        self.ydl.params["paths"] = {"home": self.cfg.directory, "temp": self.temp_dir}
+        self.tagger.video_id = job.video_id
         netguard.take_refusals()
         self.reporter.phase(PHASE_EXTRACTING)
         try:
@@ -199,6 +231,10 @@ class Downloader:
             outcome = _failure(str(exc), None, os_errno(exc))
         finally:
             self.reporter.phase(PHASE_IDLE)
+        if outcome.ok:  # a failed job's leftovers stay for its retry (or the recorder removes them)
+            # its own directory only: removing the shared parent too would race another slot's
+            # job creating its directory there (os.makedirs fails when the parent goes meanwhile)
+            shutil.rmtree(self.temp_dir, ignore_errors=True)
         refused = netguard.take_refusals()
         if refused and not outcome.ok and "HTTP Error" not in (outcome.error or ""):
             # yt-dlp's wording of a failed connect varies by handler; say what happened instead
@@ -269,14 +305,19 @@ class Downloader:
             size = os.path.getsize(path)
         except OSError:
             return Outcome(False, error=f"final file is missing: {path}", kind=ErrorKind.TRANSIENT)
-        expected = None if self.postprocessed else self.finished.get(path)
+        # the downloader wrote the file in the job's temporary directory; yt-dlp moved it here
+        written = os.path.join(self.temp_dir, os.path.relpath(path, os.path.abspath(self.cfg.directory)))
+        expected = None if self.postprocessed else self.finished.get(written, self.finished.get(path))
         if size == 0 or (expected is not None and size != expected):
             # the file is exactly what the downloader wrote, so it is broken: remove it, or the
             # retry would take it for "already downloaded"
             os.unlink(path)
             return Outcome(False, error=f"final file has {size} bytes, expected {expected}",
                            kind=ErrorKind.TRANSIENT)
-        return Outcome(True, file_path=path, file_size=size, extractor=info.get("extractor_key"))
+        ytdlp_id = info.get("id")
+        return Outcome(True, file_path=path, file_size=size, extractor=info.get("extractor_key"),
+                       ytdlp_id=ytdlp_id if isinstance(ytdlp_id, str) else None,
+                       reused=not self.finished and not self.postprocessed)
 
 
 def _nothing_to_print(key: str, info_dict: dict[str, Any] | None) -> dict[str, Any] | None:

@@ -20,13 +20,14 @@ import logging
 import os
 import random
 import re
+import shutil
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 from ..config import DownloadConfig
 from ..errors import DatabaseRefused
-from ..queue.jobs import ErrorKind, Job, Outcome, backoff_delay, site_of
+from ..queue.jobs import ErrorKind, Job, Outcome, backoff_delay, job_temp_dir, site_of
 from ..queue import playlists
 from ..queue.store import Claimed, Store
 from .egress import Egress
@@ -128,6 +129,13 @@ class Recorder:
         if o.error:
             o = dataclasses.replace(o, error=printable(o.error))
         final = False
+        if o.ok and o.reused and o.file_path:
+            other = await self.db(st.download_owner, o.file_path, job.row_id)
+            if other is not None:  # yt-dlp found "its" file: another video's, of the same name
+                o = dataclasses.replace(o, ok=False, kind=ErrorKind.PERMANENT, error=printable(
+                    f"the output file {o.file_path} is video {other}'s already: download.output_template "
+                    f"gives both the same name (yt-dlp's ID of both is {o.ytdlp_id!r}); "
+                    "put %(videofetchd_id)s in it to tell them apart"))
         if o.ok and o.entries:
             kept, added = await self.db(playlists.expand, st, job.row_id, token, o.entries, extractor=o.extractor)
             self.counters.completed += kept
@@ -139,7 +147,7 @@ class Recorder:
                          len(o.entries), added)
         elif o.ok:
             kept = await self.db(st.finish, job.row_id, token, file_path=o.file_path or "",
-                                 file_size=o.file_size or 0, extractor=o.extractor)
+                                 file_size=o.file_size or 0, extractor=o.extractor, ytdlp_id=o.ytdlp_id)
             self.counters.completed += kept
             if kept:
                 self._tally("done", "", "done", job.identity)
@@ -180,9 +188,9 @@ class Recorder:
         if not kept:
             self.counters.lost_leases += 1
             log.warning("job %s: lease was lost; its result was not recorded", job.video_id)
-        elif final and o.files:  # with the lease lost, another daemon may be writing those files now
+        elif final:  # with the lease lost, another daemon may be writing those files now
             loop = asyncio.get_running_loop()
-            removed = await loop.run_in_executor(None, remove_leftovers, o.files, d.directory)
+            removed = await loop.run_in_executor(None, remove_leftovers, o.files, d.directory, job.video_id)
             if removed:
                 log.info("job %s: removed %d partial files: %s", job.video_id, len(removed),
                          ", ".join(printable(os.path.basename(p)) for p in removed[:5]))
@@ -214,10 +222,26 @@ class Recorder:
 _FORMAT_PIECE = re.compile(r"\.f[0-9]+(?:-[0-9]+)?\.[A-Za-z0-9]+$")  # yt-dlp's per-format file before a merge
 
 
-def remove_leftovers(files: Sequence[str], directory: str) -> list[str]:
-    """Remove what a job that failed for good left in ``directory``: the ``.part``, ``.ytdl``,
-    ``.part-FragN`` and ``.temp.`` files of every file it wrote, and unmerged format pieces.
-    A finished file is kept (a later scan may still find it). Returns the paths removed."""
+def remove_leftovers(files: Sequence[str], directory: str, video_id: str | None = None) -> list[str]:
+    """Remove what a job that failed for good left behind: its temporary directory (every
+    ``.part``, fragment, format piece and half-written post-processor output of the job is
+    there; see ``download``), and, for files a job wrote straight into ``directory`` (a
+    videofetchd before temporary directories), the ``.part``, ``.ytdl``, ``.part-FragN`` and
+    ``.temp.`` files of every file it wrote, and unmerged format pieces. A finished file in
+    ``directory`` is kept (a later scan may still find it). Returns the paths removed."""
+    removed: list[str] = []
+    if video_id is not None:
+        temp = job_temp_dir(directory, video_id)
+        try:
+            with os.scandir(temp) as it:
+                removed += [e.path for e in it]
+            shutil.rmtree(temp)
+        except FileNotFoundError:
+            pass
+        except OSError as exc:
+            log.warning("job %s: cannot remove its temporary directory %s: %s", video_id, printable(temp),
+                        exc.strerror or exc)
+        files = [f for f in files if not f.startswith(temp + os.sep)]
     root = os.path.realpath(directory)
     wanted: dict[str, set[str]] = {}  # directory -> names to remove
     frag_prefixes: dict[str, set[str]] = {}
@@ -232,7 +256,6 @@ def remove_leftovers(files: Sequence[str], directory: str) -> list[str]:
             names.add(name)
         wanted.setdefault(parent, set()).update(names)
         frag_prefixes.setdefault(parent, set()).add(name + ".part-Frag")
-    removed = []
     for parent, names in wanted.items():
         prefixes = tuple(frag_prefixes[parent])
         try:

@@ -244,12 +244,37 @@ class Slot:
             return
         self.watch_io(now)
         p = self.progress(now)
-        limit = d.postprocess_timeout if p.postprocessing else d.stall_timeout
+        limit, name = ((d.postprocess_timeout, "postprocess_timeout") if p.postprocessing
+                       else (d.stall_timeout, "stall_timeout"))
         if p.last_progress_age_s > limit:
-            self.kill(f"no progress for {p.last_progress_age_s:.1f}s (stall_timeout {limit:g}s)",
-                      grace=d.kill_grace, now=now)
+            what = "post-processing made no progress" if p.postprocessing else "no progress"
+            self.kill(f"{what} for {p.last_progress_age_s:.1f}s ({name} {limit:g}s)", grace=d.kill_grace, now=now)
         elif now - self.started_at > d.job_timeout:
             self.kill(f"running longer than job_timeout {d.job_timeout:g}s", grace=d.kill_grace, now=now)
+
+    def exit_cause(self) -> str | None:
+        """How the child of a broken executor ended ("killed by SIGKILL (signal 9)", "exited with
+        status 1"), for the row's error; None when it cannot be told. The executor's thread reaps
+        the child (the forkserver sends its wait status) before it ends, so it is waited for a
+        moment first: call this before ``discard``."""
+        ex = self.executor
+        if ex is None:
+            return None
+        thread = getattr(ex, "_executor_manager_thread", None)
+        if thread is not None:
+            thread.join(1.0)
+        for proc in list((getattr(ex, "_processes", None) or {}).values()):
+            code = proc.exitcode
+            if code is None:
+                continue
+            if code < 0:
+                try:
+                    name = signal.Signals(-code).name
+                except ValueError:
+                    name = f"signal {-code}"
+                return f"killed by {name} (signal {-code})"
+            return f"exited with status {code}"
+        return None
 
     def new_bytes(self) -> int:
         """Bytes downloaded since the last call. yt-dlp's figure restarts at zero for each file of a

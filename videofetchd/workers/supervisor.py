@@ -13,18 +13,20 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import contextlib
 import dataclasses
 import errno
 import functools
 import logging
 import os
 import time
+from concurrent.futures.process import BrokenProcessPool
 from typing import Any
 
 from ..config import Config, DownloadConfig
 from ..queue.dblink import DB_CALL_TIMEOUT_S, DbLink
 from ..errors import DatabaseGone, DatabaseUnavailable, HostFault, InvalidVideoId, SupervisorFailed
-from ..queue.jobs import Job, Outcome, lease_owner, site_of, url_for
+from ..queue.jobs import TEMP_DIR_NAME, Job, Outcome, lease_owner, site_of, url_for
 from .breaker import CrashBreaker
 from .health import Health
 from .hostwatch import HostWatch
@@ -213,9 +215,11 @@ class Supervisor:
             self._loop.call_soon_threadsafe(functools.partial(self.wake, claim=True))
 
     async def _reap(self) -> None:
+        reaped = False
         for slot in self.slots:
             if not slot.busy or slot.future is None or not slot.future.done():
                 continue
+            reaped = True
             reason, pid, files = slot.kill_reason, slot.pid, slot.files()
             # a slot is free: claim for it in this pass (the wake-up of its end may have come while
             # the previous pass ran, before that pass's claim put the next one off by a poll)
@@ -232,6 +236,9 @@ class Supervisor:
                 else:
                     self.pool.after_job(slot, self.cfg.download, self.generation)
             else:
+                cause = None if reason else slot.exit_cause()  # before child_died drops the executor
+                if cause is not None:  # not a kill of ours: say how the child ended
+                    exc = BrokenProcessPool(cause)
                 self.pool.child_died(slot, pid)
             if job.row_id in self._lost:
                 self._lost.discard(job.row_id)
@@ -244,6 +251,11 @@ class Supervisor:
             elif outcome.kind is None and outcome.errno == errno.EADDRNOTAVAIL and job.identity:
                 self.egress.fault(job.identity, outcome.error or "")  # the identity's, not the row's
             await self._record(job, dataclasses.replace(outcome, files=files))
+        if reaped and not any(s.busy for s in self.slots):
+            # the jobs' shared temporary directory, once no job of ours can be creating its own
+            # directory in it (a child's os.makedirs fails when the parent goes meanwhile)
+            with contextlib.suppress(OSError):
+                os.rmdir(os.path.join(self.cfg.download.directory, TEMP_DIR_NAME))
 
     async def _give_up(self, slot: Slot) -> None:
         """The killed child outlives SIGKILL: record its job as the kill it was, now."""
