@@ -121,13 +121,14 @@ def warm_downloader(d: Downloader) -> None:
     except Exception:  # noqa: BLE001
         pass
     request = Request("http://warm-up.invalid/")
-    for handler in d.ydl._request_director.handlers.values():
-        try:
-            keys: dict[str, Any] = {"cookiejar": handler._get_cookiejar(request), "legacy_ssl_support": None}
-            if handler.RH_KEY == "Urllib":
-                keys["proxies"] = handler._get_proxies(request)
-            elif handler.RH_KEY != "Requests":
-                continue
-            handler._get_instance(**keys)
-        except Exception:  # noqa: BLE001
-            continue
+    handlers = d.ydl._request_director.handlers
+    # the handler yt-dlp prefers for plain HTTP(S): Requests when installed (yt-dlp[default]),
+    # else Urllib; a TLS context for one it never uses would cost the start ~60 ms for nothing
+    handler = handlers.get("Requests") or handlers.get("Urllib")
+    try:
+        keys: dict[str, Any] = {"cookiejar": handler._get_cookiejar(request), "legacy_ssl_support": None}
+        if handler.RH_KEY == "Urllib":
+            keys["proxies"] = handler._get_proxies(request)
+        handler._get_instance(**keys)
+    except Exception:  # noqa: BLE001
+        pass
