@@ -43,7 +43,7 @@ def _start_forkserver_early(argv: list[str]) -> None:
     except Exception:  # noqa: BLE001 - reported by the command, once
         return
     os.umask(config_mod.PRIVATE_UMASK)  # as the command does before its forkserver (see cli.main)
-    from .workers.slots import start_forkserver
+    from .workers.forkstart import start_forkserver
     start_forkserver(cfg.download)
 
 

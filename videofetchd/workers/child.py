@@ -34,7 +34,6 @@ SHARED_LEN = 9
 #: reads them to clean up after a row that failed for good, even when it had to kill the child
 FILES_LEN = 8192
 _PR_SET_PDEATHSIG = 1
-PREBUILD_ENV = "VIDEOFETCHD_PREBUILD"  #: the forkserver's prebuild config (pickled, base64)
 
 _shared: MutableSequence[float] | None = None
 _files: Any = None
@@ -148,15 +147,6 @@ def _build(cfg: DownloadConfig, reporter: Any, identity: str | None) -> Download
 
 def _first_identity(cfg: DownloadConfig) -> str | None:
     return cfg.identities[0].name if cfg.identities else None
-
-
-def prebuildable(cfg: DownloadConfig) -> bool:
-    """Whether the forkserver may build the first YoutubeDL: not when it would read a cookie file
-    or a browser's cookies (a hung mount would hang the forkserver, where no warm-up timer sees it,
-    and each child must load cookies fresh)."""
-    keys = ("cookiefile", "cookiesfrombrowser")
-    params = [cfg.ytdlp_params(i.name) for i in cfg.identities] or [cfg.ytdlp_params(None)]
-    return not any(p.get(k) for p in params for k in keys)
 
 
 def prebuild(cfg: DownloadConfig, extractor_key: str | None = None) -> None:

@@ -18,10 +18,11 @@ import pickle
 
 from . import child, download, warmup  # noqa: F401  (download: loaded here for the children)
 from ..config import DownloadConfig
+from .forkstart import PREBUILD_ENV
 
 
 def _config() -> DownloadConfig | None:
-    raw = os.environ.pop(child.PREBUILD_ENV, None)  # not inherited by the children's ffmpeg
+    raw = os.environ.pop(PREBUILD_ENV, None)  # not inherited by the children's ffmpeg
     if not raw:
         return None
     try:

@@ -9,12 +9,7 @@ of milliseconds, and they live for many jobs (recycled by job count or RSS, betw
 from __future__ import annotations
 
 import logging
-import multiprocessing
-import multiprocessing.context
-import atexit
-import base64
 import gc
-import pickle
 import os
 import shutil
 import signal
@@ -28,6 +23,7 @@ from typing import Any
 import psutil
 
 from . import child
+from .forkstart import TEMPDIR_PREFIX, mp_context, start_forkserver  # noqa: F401  (start_forkserver: re-exported)
 from .liveness import IoMeter
 from ..config import DownloadConfig
 from ..queue.jobs import PHASE_NAMES, PHASE_POSTPROCESSING, Job
@@ -35,34 +31,7 @@ from ..queue.jobs import PHASE_NAMES, PHASE_POSTPROCESSING, Job
 log = logging.getLogger(__name__)
 IO_QUIET_S = 1.0  #: seconds without a hook report before the kernel's I/O counters are asked
 IO_EVERY_S = 0.25  #: at most this often per slot
-_ctx: multiprocessing.context.BaseContext | None = None
 _PAGE_SIZE = os.sysconf("SC_PAGE_SIZE")
-
-
-def mp_context() -> multiprocessing.context.BaseContext:
-    """The forkserver context, with yt-dlp preloaded into the server (once per process)."""
-    global _ctx
-    if _ctx is None:
-        _own_tempdir()
-        ctx = multiprocessing.get_context("forkserver")
-        ctx.set_forkserver_preload(["videofetchd.workers.preload"])  # yt_dlp loaded and compiled once
-        _ctx = ctx
-    return _ctx
-
-
-def start_forkserver(cfg: DownloadConfig | None = None) -> None:
-    """Start the forkserver now, so that its preload (yt-dlp, ~0.5 s of CPU) runs while this
-    process is still importing and opening the database, not after; given the config, the
-    forkserver also builds the first generation's YoutubeDL for every child (``preload``).
-    Does nothing when it is already running."""
-    mp_context()
-    from multiprocessing import forkserver
-    if cfg is not None and child.prebuildable(cfg):
-        os.environ[child.PREBUILD_ENV] = base64.b64encode(pickle.dumps(cfg)).decode("ascii")
-    try:
-        forkserver.ensure_running()
-    finally:
-        os.environ.pop(child.PREBUILD_ENV, None)  # for the forkserver only
 
 
 @dataclass(frozen=True)
@@ -353,24 +322,6 @@ def stop_helpers() -> None:
                 stop()
             except (OSError, ChildProcessError, AttributeError):
                 pass
-
-
-TEMPDIR_PREFIX = "vfdmp-"  #: + "<pid>-": our multiprocessing temporary directory (short: it holds a socket path)
-
-
-def _own_tempdir() -> None:
-    """Give multiprocessing a temporary directory named after this process, before it makes its
-    own anonymous ``pymp-*`` one (the forkserver's socket lives there): a process killed with
-    SIGKILL leaves it behind, and only a name with the pid lets a later start tell a dead
-    process's leftovers from a live one's. Uses the process config multiprocessing reads for
-    exactly this (``get_temp_dir``); if that ever changes, we are back to ``pymp-*``, no worse."""
-    from multiprocessing import process
-    config = getattr(process.current_process(), "_config", None)
-    if not isinstance(config, dict) or config.get("tempdir"):
-        return  # this process used multiprocessing before us (the Fetcher API in a bigger program)
-    path = tempfile.mkdtemp(prefix=f"{TEMPDIR_PREFIX}{os.getpid()}-")
-    atexit.register(shutil.rmtree, path, ignore_errors=True)
-    config["tempdir"] = path
 
 
 def remove_stale_tempdirs() -> list[str]:

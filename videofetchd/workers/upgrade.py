@@ -13,11 +13,9 @@ last child has (its children hold its "alive" pipe) and is reaped here.
 
 from __future__ import annotations
 
-import base64
 import importlib.metadata
 import logging
 import os
-import pickle
 from typing import TYPE_CHECKING, Any
 
 import psutil
@@ -95,21 +93,21 @@ class StackWatch:
 
 def renew_forkserver(cfg: DownloadConfig | None = None) -> int | None:
     """Start a new forkserver (it preloads what is installed now and, given the config, prebuilds
-    the first YoutubeDL as ``slots.start_forkserver`` has it do) and let the old one go; returns
+    the first YoutubeDL as ``forkstart.start_forkserver`` has it do) and let the old one go; returns
     the new one's pid. Blocking for the preload (~1 s): run it on a thread."""
     from multiprocessing import forkserver
-    from . import child
-    from .slots import mp_context
+    from .forkstart import PREBUILD_ENV, mp_context, prebuild_env
     ctx = mp_context()
     old = forkserver._forkserver
     new = forkserver.ForkServer()
     new.set_forkserver_preload(list(getattr(old, "_preload_modules", [])))
-    if cfg is not None and child.prebuildable(cfg):
-        os.environ[child.PREBUILD_ENV] = base64.b64encode(pickle.dumps(cfg)).decode("ascii")
+    value = prebuild_env(cfg)
+    if value is not None:
+        os.environ[PREBUILD_ENV] = value
     try:
         new.ensure_running()  # started before the swap: no child start ever meets a server not up
     finally:
-        os.environ.pop(child.PREBUILD_ENV, None)  # for the forkserver only
+        os.environ.pop(PREBUILD_ENV, None)  # for the forkserver only
     forkserver._forkserver = new
     for name in ("ensure_running", "get_inherited_fds", "connect_to_new_process", "set_forkserver_preload"):
         setattr(forkserver, name, getattr(new, name))
