@@ -15,10 +15,11 @@ import http.server
 import os
 import re
 import shutil
-import socketserver
 import subprocess
 import threading
 from pathlib import Path
+
+from sites import QuietServer
 
 SECONDS = 4
 SIZE = "160x120"
@@ -90,18 +91,8 @@ _TYPES = {".m3u8": "application/vnd.apple.mpegurl", ".ts": "video/mp2t", ".mpd":
           ".html": "text/html; charset=utf-8"}
 
 
-class _Server(http.server.ThreadingHTTPServer):
-    daemon_threads = True
-    block_on_close = False
-    allow_reuse_address = True
+class _Server(QuietServer):
     shapes: ShapeServer
-
-    def server_bind(self) -> None:
-        socketserver.TCPServer.server_bind(self)  # no reverse DNS lookup
-        self.server_name, self.server_port = str(self.server_address[0]), int(self.server_address[1])
-
-    def handle_error(self, request: object, client_address: object) -> None:
-        pass  # a client killed mid-body hangs up: that is a test's point
 
 
 class _Handler(http.server.BaseHTTPRequestHandler):

@@ -43,14 +43,6 @@ def sqlite_store(tmp_path: Path) -> Iterator[Store]:
     store.close()
 
 
-@pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
-def store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Store]:
-    url = f"sqlite:///{tmp_path}/q.db" if request.param == "sqlite" else request.getfixturevalue("pg_url")
-    s = open_store(url)
-    yield s
-    s.close()
-
-
 ROW_FIELDS = ("video_id", "status", "attempts", "last_error", "file_path", "file_size", "url", "error_kind",
               "found_by", "extractor", "lease_owner", "finished_at")
 

@@ -6,26 +6,14 @@ store writes them (``finish``)."""
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
 from pathlib import Path
 
-import pytest
-
-from pg import pg_url  # noqa: F401  (fixture)
 from videofetchd.config import ScanConfig
 from videofetchd.library.queries import record_archive
 from videofetchd.library.scan import scan_directories
-from videofetchd.queue.store import Store, open_store
+from videofetchd.queue.store import Store
 
 CFG = ScanConfig()
-
-
-@pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
-def store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Store]:
-    url = f"sqlite:///{tmp_path}/q.db" if request.param == "sqlite" else request.getfixturevalue("pg_url")
-    s = open_store(url)
-    yield s
-    s.close()
 
 
 def downloaded(store: Store, video_id: str, path: Path, ytdlp_id: str, extractor: str = "Generic") -> None:
