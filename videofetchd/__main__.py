@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import sys
 
 EARLY_SKIP = ("-h", "--help", "--version", "--check", "--check-config")
@@ -31,20 +32,17 @@ def _config_arg(argv: list[str]) -> str | None:
 
 def _start_forkserver_early(argv: list[str]) -> None:
     """``fetch`` and the daemon: start the forkserver, whose preload loads yt-dlp for ~0.4 s,
-    before importing the command's modules (~50 ms sooner than the command itself could). The
-    command loads the config again and reports what is wrong with it; a second start is a no-op."""
+    before importing the command's modules or even the config's (~60 ms sooner than the command
+    itself could; ~12 ms of it by not reading the config first). The forkserver reads the config
+    file itself and sets the umask the command sets (``preload``); the command reads the file
+    again and reports what is wrong with it. A second start is a no-op."""
     if _first_word(argv) not in (None, "fetch") or any(a in EARLY_SKIP for a in argv):
         return
-    import os
-
-    from . import config as config_mod
-    try:
-        cfg = config_mod.load(_config_arg(argv))
-    except Exception:  # noqa: BLE001 - reported by the command, once
-        return
-    os.umask(config_mod.PRIVATE_UMASK)  # as the command does before its forkserver (see cli.main)
-    from .workers.forkstart import start_forkserver
-    start_forkserver(cfg.download)
+    path = _config_arg(argv)
+    if path is not None and not os.path.isfile(path):
+        return  # the command says so; a forkserver would only load yt-dlp for nothing
+    from .workers.forkstart import start_forkserver_reading
+    start_forkserver_reading(path)
 
 
 def main() -> int:

@@ -16,6 +16,7 @@ import psutil
 
 import vfd
 from mediaserver import MediaServer
+from videofetchd.workers.warmup import HELPER_NAME
 
 KiB = 1024
 
@@ -26,7 +27,7 @@ def _fetch_watching_children(cfg: Path, workers: int,
     forkserver's Python children), sampled every 20 ms while it ran."""
     proc = subprocess.Popen([vfd.PY, "-m", "videofetchd", "fetch", "--num-workers", str(workers), "--config", str(cfg)],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
-    seen: set[int] = set()
+    seen: dict[int, str] = {}
     done = threading.Event()
 
     def watch() -> None:
@@ -36,7 +37,7 @@ def _fetch_watching_children(cfg: Path, workers: int,
                 helpers = {p.pid for p in me.children()}  # the forkserver, the resource tracker
                 for p in me.children(recursive=True):
                     if p.ppid() in helpers and p.exe() == psutil.Process().exe():  # not ffmpeg
-                        seen.add(p.pid)
+                        seen[p.pid] = p.name()  # the last name seen: a fork names itself after it starts
             except psutil.Error:
                 pass
             done.wait(0.02)
@@ -46,7 +47,8 @@ def _fetch_watching_children(cfg: Path, workers: int,
     out, err = proc.communicate(timeout=120)
     done.set()
     watcher.join()
-    return subprocess.CompletedProcess(proc.args, proc.returncode, out, err), seen
+    children = {pid for pid, name in seen.items() if name != HELPER_NAME.decode()}  # not the extractor search
+    return subprocess.CompletedProcess(proc.args, proc.returncode, out, err), children
 
 
 def _env(tmp_path: Path) -> dict[str, str]:

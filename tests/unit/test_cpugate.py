@@ -13,7 +13,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 
 from helpers import wait_until
-from videofetchd.workers.pool import CPU_WINDOW_S, FIRST_JOB_S, MACHINE_BUSY, SHORT_JOBS_S, CpuGate
+from videofetchd.workers.pool import CPU_WINDOW_S, FIRST_JOB_S, MACHINE_BUSY, SHORT_JOBS_S, TAIL_S, CpuGate
 
 CORES = os.cpu_count() or 1
 
@@ -74,3 +74,28 @@ def test_long_jobs_start_every_child_however_busy_the_machine() -> None:
         gate.job_ended_at = time.monotonic() - SHORT_JOBS_S - 0.1  # no job ended lately: they are long
         gate.started_at -= FIRST_JOB_S
         assert not gate.bound(time.monotonic(), CORES)
+
+
+def test_one_measurement_lets_one_child_start() -> None:
+    # a single dip below MACHINE_BUSY used to let four children start, one per loop pass, on one
+    # measurement; a child started on it makes the next wait for a window measured afresh
+    gate = CpuGate()
+    gate.started_at -= FIRST_JOB_S
+    gate.job_ended(time.monotonic())
+    gate._mark, gate._bound = (time.monotonic(), 0.0), False  # the window just measured: not busy
+    assert not gate.bound(time.monotonic(), CORES)
+    gate.grew()
+    assert gate.bound(time.monotonic(), CORES), "a second child on the measurement the first one used"
+    wait_until(lambda: _measured(gate), timeout=2, interval=CPU_WINDOW_S / 3, message="no fresh window measured")
+
+
+def test_the_queue_drains_before_a_new_child_could_help() -> None:
+    gate = CpuGate()
+    now = time.monotonic()
+    assert not gate.drains_within(1, TAIL_S, now), "no pace known yet: long jobs, perhaps"
+    for i in range(16):  # a job ended every 10 ms: 100 jobs/s
+        gate.job_ended(now - 0.15 + i * 0.01)
+    assert gate.drains_within(40, TAIL_S, now)  # 0.4 s of work left: a new child comes too late
+    assert not gate.drains_within(60, TAIL_S, now)  # 0.6 s
+    later = now + SHORT_JOBS_S + 0.1  # no job ended for a while: the jobs are long now
+    assert not gate.drains_within(1, TAIL_S, later)

@@ -13,6 +13,7 @@ import logging
 import os
 import signal
 import time
+from collections import deque
 from collections.abc import Callable
 from concurrent.futures import Future
 from typing import Any
@@ -33,6 +34,7 @@ CPU_WINDOW_S = 0.15  #: the window over which CpuGate measures the machine's CPU
 MACHINE_BUSY = 0.75  #: of the cores: this busy while short jobs end, the CPU is what limits them
 SHORT_JOBS_S = 1.0  #: a job ended this recently: jobs are short, and the CPU may be what limits them
 FIRST_JOB_S = 0.25  #: no child beyond one per core this soon after the first, unless a job ended
+TAIL_S = 0.5  #: a one-shot run starts no child when the running ones will have drained the queue by then
 _TICKS = os.sysconf("SC_CLK_TCK")
 
 
@@ -44,15 +46,38 @@ class CpuGate:
     starts another only unless jobs are ending (one ended within ``SHORT_JOBS_S``) and the
     machine's cores were ``MACHINE_BUSY`` busy over the last ``CPU_WINDOW_S`` (/proc/stat: a core
     another program keeps busy is no more ours), and not in the first ``FIRST_JOB_S`` before a
-    job ended. Long downloads that wait for bytes start every slot within a quarter second."""
+    job ended. One window lets one child start: the next waits for a window that sees it work
+    (one dip on the busy line had let four start in a row). Long downloads that wait for bytes
+    start every slot within a quarter second."""
 
     def __init__(self) -> None:
         self.cores = os.cpu_count() or 1
         self._mark: tuple[float, float] | None = None  # (monotonic, busy CPU seconds of the machine)
         self._bound = True  # not measured yet
         self.rate: float | None = None  #: busy cores of the machine over the last window measured
-        self.job_ended_at = float("-inf")  #: monotonic; set by the pool
+        self.job_ended_at = float("-inf")  #: monotonic; set by ``job_ended``
         self.started_at = time.monotonic()  #: when the first child was up (set by the pool)
+        self._ends: deque[float] = deque(maxlen=16)  # when the last jobs ended (monotonic)
+
+    def grew(self) -> None:
+        """A child beyond one per core was started on the last measurement: the next one waits
+        for a window measured afresh, with this child at work (one measurement, one child)."""
+        self._mark = None
+        self._bound = True
+
+    def job_ended(self, now: float) -> None:
+        self.job_ended_at = now
+        self._ends.append(now)
+
+    def drains_within(self, waiting: int, seconds: float, now: float) -> bool:
+        """Will the running children have taken the ``waiting`` rows within ``seconds``, at the
+        pace of the last jobs? A child started now would come too late to take its share: it
+        would only cost its start (a fork and its copy-on-write faults, ~40 ms of CPU) in the
+        last moments of a one-shot run. False while the pace is unknown or old (long jobs)."""
+        if len(self._ends) < 2 or now - self._ends[-1] > SHORT_JOBS_S:
+            return False
+        span = self._ends[-1] - self._ends[0]
+        return span <= 0 or waiting * span < (len(self._ends) - 1) * seconds
 
     def bound(self, now: float, started: int) -> bool:
         if started < self.cores:
@@ -113,13 +138,14 @@ class Pool:
             self.add(i, cfg, generation, start=i == 0)
         self.cpu.started_at = time.monotonic()  # (the first start waited for the forkserver)
 
-    def grow(self, cfg: DownloadConfig, generation: int, now: float, *, rows_waiting: bool | None) -> None:
+    def grow(self, cfg: DownloadConfig, generation: int, now: float, *, rows_waiting: int | None) -> None:
         """Wake one dormant slot once every child is up (none still starting: children that
         cannot start do not pile up). ``rows_waiting`` None: always (the daemon keeps every child
-        ready for the next row). Else (a one-shot run) only while rows wait, no child is idle, and
-        the children are not keeping every core busy already (``CpuGate``)."""
+        ready for the next row). Else (a one-shot run, the rows still queued) only while rows
+        wait, no child is idle, the children are not keeping every core busy already
+        (``CpuGate``), and they will not have taken every row before a new one could help."""
         dormant = [s for s in self.slots if s.dormant and not s.retiring]
-        if not dormant or rows_waiting is False:
+        if not dormant or rows_waiting == 0:
             return
         started = 0
         for s in self.slots:
@@ -128,9 +154,12 @@ class Pool:
             if s.executor is None or not (s.ready or s.busy) or (rows_waiting is not None and s.ready):
                 return  # starting or restarting; or idle, in a one-shot run
             started += 1
-        if rows_waiting is not None and self.cpu.bound(now, started):
+        if rows_waiting is not None and (self.cpu.bound(now, started)
+                                         or self.cpu.drains_within(rows_waiting, TAIL_S, now)):
             return
         dormant[0].dormant = False
+        if rows_waiting is not None and started >= self.cpu.cores:
+            self.cpu.grew()
         self.start(dormant[0], cfg, generation)
 
     def start(self, slot: Slot, cfg: DownloadConfig, generation: int) -> None:
@@ -158,7 +187,7 @@ class Pool:
 
     def after_job(self, slot: Slot, cfg: DownloadConfig, generation: int) -> None:
         """Recycle a child between jobs when it has done enough or grown too big."""
-        self.cpu.job_ended_at = time.monotonic()
+        self.cpu.job_ended(time.monotonic())
         rss = slot.rss()
         if slot.jobs_done >= cfg.recycle_after_jobs or rss > cfg.recycle_rss:
             log.info("slot %d: recycling child %d after %d jobs (RSS %d MiB)", slot.index, slot.pid,

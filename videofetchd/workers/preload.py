@@ -1,7 +1,7 @@
 """Imported once by the forkserver (``set_forkserver_preload``), never by the daemon itself.
 
 Loads yt-dlp and readies the extractor that will take the configured URLs (every extractor's URL
-pattern compiled, or the answer from the cache of an earlier start); asks ffmpeg its version; and,
+pattern tried, over two processes, or the answer from the cache of an earlier start); asks ffmpeg its version; and,
 given the config (``PREBUILD_ENV``, set by ``slots.start_forkserver``), builds the first
 generation's ``YoutubeDL`` with its TLS contexts. Every worker child forked afterwards inherits
 all of it instead of spending ~0.5 s of CPU on its first job (and again after every recycle). A
@@ -17,8 +17,8 @@ import os
 import pickle
 
 from . import child, download, warmup  # noqa: F401  (download: loaded here for the children)
-from ..config import DownloadConfig
-from .forkstart import PREBUILD_ENV
+from ..config import PRIVATE_UMASK, DownloadConfig, load
+from .forkstart import PREBUILD_ENV, PREBUILD_FILE, prebuildable
 
 
 def _config() -> DownloadConfig | None:
@@ -26,8 +26,11 @@ def _config() -> DownloadConfig | None:
     if not raw:
         return None
     try:
+        if raw.startswith(PREBUILD_FILE):  # started before the parent read the file (``__main__``)
+            cfg = load(raw[len(PREBUILD_FILE):] or None).download
+            return cfg if prebuildable(cfg) else None
         cfg = pickle.loads(base64.b64decode(raw))
-    except Exception:  # noqa: BLE001 - never let the forkserver die of it
+    except Exception:  # noqa: BLE001 - never let the forkserver die of it (the parent reports a bad config)
         return None
     return cfg if isinstance(cfg, DownloadConfig) else None
 
@@ -45,10 +48,14 @@ def _cache_dir(cfg: DownloadConfig | None) -> str | None:
 # ends them with os._exit.)
 atexit.register(os._exit, 0)
 
+# The children write the videos: with the umask the daemon sets for itself (``cli.main``), also
+# when ``python -m videofetchd`` started us before it had set it (``__main__``).
+os.umask(PRIVATE_UMASK)
 _cfg = _config()
 _location = _cfg.ytdlp.get("ffmpeg_location") if _cfg is not None else None
-_prober = warmup.probe_ffmpeg(_location if isinstance(_location, str) else None)
-_key = warmup.warm_imports(_cfg.url_template if _cfg is not None else None, _cache_dir(_cfg))
+_search = warmup.ExtractorSearch(_cfg.url_template if _cfg is not None else None, _cache_dir(_cfg))  # may fork
+_prober = warmup.probe_ffmpeg(_location if isinstance(_location, str) else None)  # (a thread: after the fork)
+_key = _search.result()
 _prober.join(timeout=10.0)
 if _cfg is not None:
     try:

@@ -166,7 +166,7 @@ class Supervisor:
         # after the dispatch, so that no job waits for a child's start; the daemon keeps every
         # child ready for the next row, a one-shot run starts only those its rows need
         self.pool.grow(self.cfg.download, self.generation, now,
-                       rows_waiting=self.queue_counts.get("queued", 0) > 0 if self.one_shot else None)
+                       rows_waiting=self.queue_counts.get("queued", 0) if self.one_shot else None)
         return self.one_shot and self.drained
 
     def _pass_failed(self, now: float, exc: Exception) -> None:
