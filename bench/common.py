@@ -346,7 +346,10 @@ def write_config(path: str, *, db: str, directory: str, url_template: str, socke
 
 
 def vfd_cmd(*args: str) -> list[str]:
-    return [PYTHON, "-m", "videofetchd", *args]
+    """The command a user types: ``videofetchctl ARGS``, or the daemon ``videofetchd ARGS`` when
+    the first argument is an option (both console scripts of the repository's venv)."""
+    script = "videofetchd" if not args or args[0].startswith("-") else "videofetchctl"
+    return [os.path.join(VENV_BIN, script), *args]
 
 
 def ytdlp_version() -> str:

@@ -126,3 +126,19 @@ def _ytdlp_version() -> str:
     out = subprocess.run([vfd.PY, "-c", "import yt_dlp.version; print(yt_dlp.version.__version__)"],
                          capture_output=True, text=True, check=True)
     return out.stdout.strip()
+
+
+def test_the_console_script_fetches_as_python_m_does(tmp_path: Path) -> None:
+    # `videofetchctl fetch` enters through __main__.ctl, which starts the forkserver before
+    # importing the command: with --config=PATH too, the forkserver reads that file itself
+    ctl = str(Path(vfd.PY).with_name("videofetchctl"))
+    with MediaServer(default_size=50 * KiB) as srv:
+        cfg = vfd.write_config(tmp_path, url_template=srv.url_template)
+        assert vfd.ctl(cfg, "add", "cs-1", "cs-2").returncode == 0
+        result = subprocess.run([ctl, "fetch", f"--config={cfg}"], capture_output=True, text=True, timeout=120,
+                                env=_env(tmp_path))
+        template = srv.url_template
+    assert result.returncode == 0, result.stderr
+    assert vfd.counts(tmp_path / "queue.db") == {"done": 2}
+    cache = json.loads((tmp_path / "cache" / "extractors.json").read_text())
+    assert cache["templates"] == {template: "Generic"}
