@@ -16,7 +16,6 @@ import psutil
 
 import vfd
 from mediaserver import MediaServer
-from videofetchd.workers.warmup import HELPER_NAME
 
 KiB = 1024
 
@@ -27,7 +26,7 @@ def _fetch_watching_children(cfg: Path, workers: int,
     forkserver's Python children), sampled every 20 ms while it ran."""
     proc = subprocess.Popen([vfd.PY, "-m", "videofetchd", "fetch", "--num-workers", str(workers), "--config", str(cfg)],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
-    seen: dict[int, str] = {}
+    seen: set[int] = set()
     done = threading.Event()
 
     def watch() -> None:
@@ -37,7 +36,7 @@ def _fetch_watching_children(cfg: Path, workers: int,
                 helpers = {p.pid for p in me.children()}  # the forkserver, the resource tracker
                 for p in me.children(recursive=True):
                     if p.ppid() in helpers and p.exe() == psutil.Process().exe():  # not ffmpeg
-                        seen[p.pid] = p.name()  # the last name seen: a fork names itself after it starts
+                        seen.add(p.pid)
             except psutil.Error:
                 pass
             done.wait(0.02)
@@ -47,8 +46,7 @@ def _fetch_watching_children(cfg: Path, workers: int,
     out, err = proc.communicate(timeout=120)
     done.set()
     watcher.join()
-    children = {pid for pid, name in seen.items() if name != HELPER_NAME.decode()}  # not the extractor search
-    return subprocess.CompletedProcess(proc.args, proc.returncode, out, err), children
+    return subprocess.CompletedProcess(proc.args, proc.returncode, out, err), seen
 
 
 def _env(tmp_path: Path) -> dict[str, str]:

@@ -1,7 +1,7 @@
 """Imported once by the forkserver (``set_forkserver_preload``), never by the daemon itself.
 
 Loads yt-dlp and readies the extractor that will take the configured URLs (every extractor's URL
-pattern tried, over two processes, or the answer from the cache of an earlier start); asks ffmpeg its version; and,
+pattern compiled, or the answer from the cache of an earlier start); asks ffmpeg its version; and,
 given the config (``PREBUILD_ENV``, set by ``slots.start_forkserver``), builds the first
 generation's ``YoutubeDL`` with its TLS contexts. Every worker child forked afterwards inherits
 all of it instead of spending ~0.5 s of CPU on its first job (and again after every recycle). A
@@ -53,9 +53,8 @@ atexit.register(os._exit, 0)
 os.umask(PRIVATE_UMASK)
 _cfg = _config()
 _location = _cfg.ytdlp.get("ffmpeg_location") if _cfg is not None else None
-_search = warmup.ExtractorSearch(_cfg.url_template if _cfg is not None else None, _cache_dir(_cfg))  # may fork
-_prober = warmup.probe_ffmpeg(_location if isinstance(_location, str) else None)  # (a thread: after the fork)
-_key = _search.result()
+_prober = warmup.probe_ffmpeg(_location if isinstance(_location, str) else None)
+_key = warmup.warm_imports(_cfg.url_template if _cfg is not None else None, _cache_dir(_cfg))
 _prober.join(timeout=10.0)
 if _cfg is not None:
     try:
