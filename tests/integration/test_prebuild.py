@@ -140,3 +140,19 @@ def test_the_console_script_fetches_as_python_m_does(tmp_path: Path) -> None:
     assert vfd.counts(tmp_path / "queue.db") == {"done": 2}
     cache = json.loads((tmp_path / "cache" / "extractors.json").read_text())
     assert cache["templates"] == {template: "Generic"}
+
+
+def test_long_downloads_start_the_slots_their_rows_need_at_once(tmp_path: Path) -> None:
+    # six 4-second downloads and eight workers: once the first says (its ETA) that it waits for
+    # bytes, the others start together; six children, not eight, and all six downloads overlap
+    with MediaServer(default_size=1024 * KiB, rate_bps=256 * KiB) as srv:
+        cfg = vfd.write_config(tmp_path, url_template=srv.url_template)
+        ids = [f"long-{i}" for i in range(6)]
+        assert vfd.ctl(cfg, "add", *ids).returncode == 0
+        result, children = _fetch_watching_children(cfg, 8, _env(tmp_path))
+        first_request = {r.video_id: r.time for r in reversed(srv.requests()) if r.video_id in ids}
+    assert result.returncode == 0, result.stderr
+    assert vfd.counts(tmp_path / "queue.db") == {"done": 6}
+    assert len(children) == 6, children
+    spread = max(first_request.values()) - min(first_request.values())
+    assert sorted(first_request) == ids and spread < 2.0, f"the last download began {spread:.2f}s after the first"

@@ -32,7 +32,7 @@ from .health import Health
 from .hostwatch import HostWatch
 from .egress import Egress
 from .recorder import Counters, JobStats, Recorder, move_count
-from .pool import Pool
+from .pool import GROW_RECHECK_S, Pool
 from .slots import Slot, reap_children
 from ..queue.store import Claimed, Store
 
@@ -186,6 +186,8 @@ class Supervisor:
             due = self._next_claim - now  # a token due before the tick is taken on time: lateness wastes budget
             if 0.0 < due < BUSY_TICK_S and not self.stopping and any(s.ready for s in self.slots):
                 return max(0.02, due)
+            if self.pool.grow_declined and not self.stopping:
+                return GROW_RECHECK_S  # a download's ETA or the CPU gate may let the slot start by then
             return BUSY_TICK_S
         return max(0.02, min(self.cfg.database.poll_interval, self._next_claim - now, MAX_IDLE_S))
 
