@@ -345,13 +345,19 @@ def collect_ytdlp_leaked_sockets() -> Iterator[None]:
     """Run a yt-dlp call that times out, then close the socket it leaks (see the test below).
 
     The garbage collector closes it with a ResourceWarning, which filterwarnings=error would turn
-    into an unraisable-exception failure of whatever test happens to trigger that collection.
+    into an unraisable-exception failure of whatever test happens to trigger that collection. The
+    automatic collector is off meanwhile: a collection that some allocation happened to trigger
+    closed the socket early, and the test below then saw no stalled connection (a flaky failure).
     """
+    enabled = gc.isenabled()
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", ResourceWarning)
+        gc.disable()
         try:
             yield
         finally:
+            if enabled:
+                gc.enable()
             gc.collect()
 
 
