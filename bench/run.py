@@ -1,7 +1,7 @@
 """videofetchd benchmarks (``make bench``): videofetchd against plain yt-dlp, on 127.0.0.1 only.
 
     .venv/bin/python bench/run.py                      # everything (~10 min)
-    .venv/bin/python bench/run.py --only small --jobs 200 --repeat 3
+    .venv/bin/python bench/run.py --only small --jobs 200 --repeat 5
     .venv/bin/python bench/run.py --only bandwidth
     .venv/bin/python bench/run.py --only memory --memory-jobs 3000
     .venv/bin/python bench/run.py --only stall
