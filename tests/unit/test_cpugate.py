@@ -13,7 +13,8 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 
 from helpers import wait_until
-from videofetchd.workers.pool import CPU_WINDOW_S, FIRST_JOB_S, MACHINE_BUSY, SHORT_JOBS_S, TAIL_S, CpuGate
+from videofetchd.workers.pool import (CPU_WINDOW_S, FIRST_JOB_S, MACHINE_BUSY, PACE_JOBS, PAYS_OFF, SHORT_JOBS_S,
+                                      TAIL_S, CpuGate)
 
 CORES = os.cpu_count() or 1
 
@@ -78,7 +79,7 @@ def test_long_jobs_start_every_child_however_busy_the_machine() -> None:
 
 def test_one_measurement_lets_one_child_start() -> None:
     # a single dip below MACHINE_BUSY used to let four children start, one per loop pass, on one
-    # measurement; a child started on it makes the next wait for a window measured afresh
+    # measurement; a child started on it holds the next back
     gate = CpuGate()
     gate.started_at -= FIRST_JOB_S
     gate.job_ended(time.monotonic())
@@ -86,6 +87,36 @@ def test_one_measurement_lets_one_child_start() -> None:
     assert not gate.bound(time.monotonic(), CORES)
     gate.grew()
     assert gate.bound(time.monotonic(), CORES), "a second child on the measurement the first one used"
+
+
+def _jobs_end(gate: CpuGate, count: int, per_second: float) -> None:
+    """``count`` jobs end at ``per_second``, the last one now."""
+    now = time.monotonic()
+    for i in range(count):
+        gate.job_ended(now - (count - 1 - i) / per_second)
+
+
+def test_a_child_that_does_not_raise_the_pace_is_the_last() -> None:
+    gate = CpuGate()
+    gate.started_at -= FIRST_JOB_S
+    _jobs_end(gate, PACE_JOBS, 100.0)
+    gate.grew()
+    _jobs_end(gate, PACE_JOBS, 100.0)
+    assert gate.bound(time.monotonic(), CORES + 1), "judged before its fork was paid for"
+    assert not gate.saturated
+    _jobs_end(gate, PACE_JOBS, 102.0)  # the second window after its start: +2 %, not PAYS_OFF
+    assert gate.bound(time.monotonic(), CORES + 1)
+    assert gate.saturated, "a child that did not pay let the next one start"
+
+
+def test_a_child_that_raises_the_pace_lets_the_cpu_decide_on_the_next() -> None:
+    gate = CpuGate()
+    gate.started_at -= FIRST_JOB_S
+    _jobs_end(gate, PACE_JOBS, 100.0)
+    gate.grew()
+    _jobs_end(gate, 2 * PACE_JOBS, 100.0 * PAYS_OFF * 1.2)
+    gate.bound(time.monotonic(), CORES + 1)
+    assert not gate.saturated
     wait_until(lambda: _measured(gate), timeout=2, interval=CPU_WINDOW_S / 3, message="no fresh window measured")
 
 

@@ -35,6 +35,8 @@ MACHINE_BUSY = 0.75  #: of the cores: this busy while short jobs end, the CPU is
 SHORT_JOBS_S = 1.0  #: a job ended this recently: jobs are short, and the CPU may be what limits them
 FIRST_JOB_S = 0.25  #: no child beyond one per core this soon after the first, unless a job ended
 TAIL_S = 0.5  #: a one-shot run starts no child when the running ones will have drained the queue by then
+PACE_JOBS = 16  #: the pace of finished jobs is measured over this many
+PAYS_OFF = 1.05  #: a child beyond one per core must raise that pace by this factor
 GROW_RECHECK_S = 0.05  #: a held-back slot is reconsidered this soon (the loop's tick is 0.25 s)
 _TICKS = os.sysconf("SC_CLK_TCK")
 
@@ -48,8 +50,11 @@ class CpuGate:
     machine's cores were ``MACHINE_BUSY`` busy over the last ``CPU_WINDOW_S`` (/proc/stat: a core
     another program keeps busy is no more ours), and not in the first ``FIRST_JOB_S`` before a
     job ended. One window lets one child start: the next waits for a window that sees it work
-    (one dip on the busy line had let four start in a row). Long downloads that wait for bytes
-    start every slot within a quarter second."""
+    (one dip on the busy line had let four start in a row). And a child beyond one per core must
+    pay: once ``PACE_JOBS`` more jobs have ended, their pace must beat the pace before it by
+    ``PAYS_OFF``, or no child more starts while jobs stay short (the busy line alone let 8
+    workers reach five children where 4 stopped at four, and be 4 % slower). Long downloads that
+    wait for bytes start every slot within a quarter second."""
 
     def __init__(self) -> None:
         self.cores = os.cpu_count() or 1
@@ -58,17 +63,42 @@ class CpuGate:
         self.rate: float | None = None  #: busy cores of the machine over the last window measured
         self.job_ended_at = float("-inf")  #: monotonic; set by ``job_ended``
         self.started_at = time.monotonic()  #: when the first child was up (set by the pool)
-        self._ends: deque[float] = deque(maxlen=16)  # when the last jobs ended (monotonic)
+        self._ends: deque[float] = deque(maxlen=PACE_JOBS)  # when the last jobs ended (monotonic)
+        self._pace_before: float | None = None  # jobs/s before the last child beyond one per core
+        self._since_grew: int | None = None  # jobs ended since then (None: nothing to judge)
+        self.saturated = False  #: a child more did not pay: none more while jobs are short
 
     def grew(self) -> None:
         """A child beyond one per core was started on the last measurement: the next one waits
-        for a window measured afresh, with this child at work (one measurement, one child)."""
+        for a window measured afresh, with this child at work (one measurement, one child), and
+        for the verdict on whether this one paid."""
         self._mark = None
         self._bound = True
+        self._pace_before = self.pace()
+        self._since_grew = 0
 
     def job_ended(self, now: float) -> None:
         self.job_ended_at = now
         self._ends.append(now)
+        if self._since_grew is not None:
+            self._since_grew += 1
+
+    def pace(self) -> float | None:
+        """Jobs per second over the last ``PACE_JOBS`` ends (None: not known)."""
+        span = self._ends[-1] - self._ends[0] if len(self._ends) > 1 else 0.0
+        return (len(self._ends) - 1) / span if span > 0 else None
+
+    def _judge(self) -> bool:
+        """Still judging the last child (hold the next); sets ``saturated`` when it did not pay.
+        Judged on the second ``PACE_JOBS`` jobs after its start: the first pay for its fork."""
+        if self._since_grew is None:
+            return False
+        if self._since_grew < 2 * PACE_JOBS:
+            return True
+        after, before = self.pace(), self._pace_before
+        self.saturated = before is not None and after is not None and after < before * PAYS_OFF
+        self._since_grew = None
+        return False
 
     def drains_within(self, waiting: int, seconds: float, now: float) -> bool:
         """Will the running children have taken the ``waiting`` rows within ``seconds``, at the
@@ -87,6 +117,8 @@ class CpuGate:
             return True  # the first jobs run: more forks now only slow them (and the first file)
         if now - self.job_ended_at > SHORT_JOBS_S:
             return False
+        if self._judge() or self.saturated:
+            return True
         if self._mark is None or now - self._mark[0] >= CPU_WINDOW_S:
             busy = _machine_busy_seconds()
             if busy is None:
