@@ -141,8 +141,11 @@ def test_a_download_directory_removed_and_made_a_file_then_restored(tmp_path: Pa
             assert vfd.ctl(cfg, "add", *ids).returncode == 0
             wait_until(lambda: vfd.counts(db).get("done", 0) >= 1 and vfd.counts(db).get("running") == 2,
                        timeout=60, message="downloads never got going")
-            shutil.rmtree(videos)  # under two running downloads
+            # gone under two running downloads: moved away at once (an rmtree here raced with the
+            # children still writing into it and failed with ENOTEMPTY), then removed
+            gone = videos.rename(tmp_path / "videos-removed")
             videos.write_text("not a directory any more\n")
+            shutil.rmtree(gone, ignore_errors=True)
             cond = wait_until(lambda: condition(cfg, "download_directory"), timeout=60,
                               message="the directory's loss never became a condition")
             assert "not a directory" in cond["detail"], cond
